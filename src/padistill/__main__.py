@@ -1,0 +1,3 @@
+from padistill.cli import main
+
+raise SystemExit(main())

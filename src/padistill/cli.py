@@ -1,0 +1,317 @@
+"""`padistill` command line: one sub-command per stage, plus `run` that chains them.
+
+    padistill list {nets,datasets,presets}
+    padistill config --preset pad/cifar10-ipc10 [--set distill.ipc=1]      print a resolved config
+    padistill scores   --preset P --out DIR                                 difficulty scores + ordering
+    padistill experts  --preset P --scores DIR --out DIR                    scheduled expert trajectories
+    padistill distill  --preset P --experts DIR --out DIR                   synthetic set (TM / DC / DM)
+    padistill eval     RUN_DIR                                              protocol, cross-arch, baseline
+    padistill report   RUN_DIR                                              HTML page
+    padistill run      CONFIG --out DIR                                     all of the above, resumable
+    padistill train    --preset P                                           train + test one net on real data
+
+Every error a user can cause prints one line (`padistill: error: ...`) and exits with status 2.
+Under `torchrun` the process group is initialised here (gloo on CPU, nccl on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from padistill.errors import PadistillError
+
+
+def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    if positional:
+        p.add_argument("config", help="YAML config file or preset name (see `padistill list presets`)")
+    else:
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--preset", help="preset name (see `padistill list presets`)")
+        g.add_argument("--config", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set distill.ipc=1 (repeatable)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's, usually auto)")
+    p.add_argument("--data-root", help="dataset folder (default: $PADISTILL_DATA or ~/.cache/padistill/data)")
+    p.add_argument("--seed", type=int, help="override the config seed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _resolve(args) -> Config:  # noqa: F821
+    from padistill.config import load_config
+
+    preset = getattr(args, "preset", None)
+    path = getattr(args, "config", None)
+    if preset is None and path is None:
+        preset = getattr(args, "default_preset", None)
+    return load_config(preset=preset, path=path, overrides=_cli_overrides(args))
+
+
+def _log(msg: str) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        print(msg, flush=True)
+
+
+def _init_distributed() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("PADISTILL_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend=backend)
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def cmd_list(args) -> int:
+    if args.what == "nets":
+        from padistill.nets import list_nets
+
+        items = list_nets()
+    elif args.what == "datasets":
+        from padistill.data import list_datasets
+
+        items = list_datasets()
+    else:
+        from padistill.config import list_presets, preset_header
+
+        for name in list_presets():
+            header = preset_header(name).splitlines()
+            print(f"{name:28s} {header[0] if header else ''}")
+        return 0
+    print("\n".join(items))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from padistill.config import dump_yaml
+
+    print(dump_yaml(_resolve(args)), end="")
+    return 0
+
+
+def cmd_scores(args) -> int:
+    from padistill.context import prepare
+    from padistill.scores import run_scores
+
+    cfg = _resolve(args)
+    run_scores(cfg, prepare(cfg, log=_log), args.out, overwrite=args.overwrite, log=_log,
+               show_progress=not args.quiet)
+    return 0
+
+
+def cmd_experts(args) -> int:
+    from padistill.context import prepare
+    from padistill.experts import run_experts
+
+    cfg = _resolve(args)
+    _init_distributed()
+    run_experts(cfg, prepare(cfg, log=_log), args.out, scores_dir=args.scores, overwrite=args.overwrite, log=_log,
+                show_progress=not args.quiet)
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from padistill.context import prepare
+    from padistill.distill import run_distill
+
+    cfg = _resolve(args)
+    _init_distributed()
+    run_distill(cfg, prepare(cfg, log=_log), args.out, experts_dir=args.experts, overwrite=args.overwrite,
+                log=_log, show_progress=not args.quiet)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from padistill.context import prepare
+    from padistill.evaluate import train_on_real
+
+    cfg = _resolve(args)
+    res = train_on_real(prepare(cfg, log=_log), cfg, per_class=args.per_class, epochs=args.epochs, log=_log,
+                        show_progress=not args.quiet)
+    print(res.summary())
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from padistill.evaluate import run_eval
+
+    run_eval(args.run_dir, overrides=args.overrides, nets=args.nets, runs=args.runs, epochs=args.epochs,
+             device=args.device, data_root=args.data_root, baseline=not args.no_baseline, out=args.out,
+             log=_log, show_progress=not args.quiet)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from padistill.report import build_report
+
+    path = build_report(args.run_dir, out=args.out)
+    print(path)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from padistill.pipeline import run_pipeline
+
+    _init_distributed()
+    run_pipeline(args.config, out=args.out, overrides=_cli_overrides(args), stages=args.stages,
+                 overwrite=args.overwrite, log=_log, show_progress=not args.quiet)
+    return 0
+
+
+def _cli_overrides(args) -> list[str]:
+    o = list(args.overrides)
+    if getattr(args, "device", None):
+        o.append(f"device={args.device}")
+    if getattr(args, "data_root", None):
+        o.append(f"data.root={args.data_root}")
+    if getattr(args, "seed", None) is not None:
+        o.append(f"seed={args.seed}")
+    return o
+
+
+def cmd_buffers(args) -> int:
+    from padistill.experts.interop import export_replay_buffers, import_replay_buffers
+
+    if args.direction == "import":
+        import_replay_buffers(args.src, args.out, net=args.net, num_classes=args.num_classes,
+                              channels=args.channels, im_size=args.im_size, log=_log)
+    else:
+        export_replay_buffers(args.src, args.out, per_file=args.per_file, log=_log)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from padistill.export import export_set
+
+    export_set(args.run_dir, args.out, fmt=args.format, space=args.space, log=_log)
+    return 0
+
+
+def cmd_import(args) -> int:
+    from padistill.export import import_set
+
+    import_set(args.src, args.out, fmt=args.format, space=args.space, dataset=args.dataset,
+               data_root=args.data_root, lr=args.lr, log=_log)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from padistill import __version__
+
+    ap = argparse.ArgumentParser(prog="padistill", description="Dataset distillation with prioritized alignment.")
+    ap.add_argument("--version", action="version", version=f"padistill {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list registered nets, datasets or presets")
+    p.add_argument("what", choices=["nets", "datasets", "presets"])
+    p.set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("config", help="print the resolved config")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_config)
+
+    for name, fn, helptext in (("scores", cmd_scores, "difficulty scores and per-class ordering"),
+                               ("experts", cmd_experts, "train scheduled expert trajectories"),
+                               ("distill", cmd_distill, "distill a synthetic set")):
+        p = sub.add_parser(name, help=helptext)
+        _add_config_args(p)
+        p.add_argument("--out", required=True, help="output folder of this stage")
+        p.add_argument("--overwrite", action="store_true", help="replace a folder that holds a different run")
+        if name == "experts":
+            p.add_argument("--scores", help="scores folder (ordering for the data scheduler)")
+        if name == "distill":
+            p.add_argument("--experts", help="experts folder (trajectory matching)")
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("train", help="train and test a network on (a subset of) the real data")
+    _add_config_args(p)
+    p.add_argument("--per-class", type=int, default=None, help="random real images per class (default: all)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: eval.epochs)")
+    p.set_defaults(fn=cmd_train, default_preset="quickstart")
+
+    p = sub.add_parser("eval", help="evaluate a distilled set with the paper's protocol")
+    p.add_argument("run_dir", help="distill folder, or a run folder containing distill/")
+    p.add_argument("--nets", nargs="+", help="architectures (default: the config's eval.nets)")
+    p.add_argument("--runs", type=int, help="fresh networks per architecture")
+    p.add_argument("--epochs", type=int, help="training epochs per network")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--device")
+    p.add_argument("--data-root")
+    p.add_argument("--no-baseline", action="store_true", help="skip the random-real-subset baseline")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/../eval or RUN_DIR/eval)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("run", help="scores -> experts -> distill -> eval -> report, each stage reused/resumed")
+    _add_config_args(p, positional=True)
+    p.add_argument("--out", help="run folder (default: runs/<config name>)")
+    p.add_argument("--stages", nargs="+", choices=["scores", "experts", "distill", "eval", "report"],
+                   help="run only these stages (their inputs must exist)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("buffers", help="import/export MTT/DATM/PAD replay_buffer_<n>.pt files")
+    p.add_argument("direction", choices=["import", "export"])
+    p.add_argument("src", help="import: folder with replay_buffer_*.pt; export: experts folder")
+    p.add_argument("out", help="import: experts folder to create; export: folder for replay_buffer_*.pt")
+    p.add_argument("--net", default="convnet", help="network the buffers were trained with (import)")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--im-size", type=int, default=32)
+    p.add_argument("--per-file", type=int, default=10, help="trajectories per replay_buffer file (export)")
+    p.set_defaults(fn=cmd_buffers)
+
+    p = sub.add_parser("export", help="export a distilled set (DD-Ranking tensors or an ImageFolder of PNGs)")
+    p.add_argument("run_dir")
+    p.add_argument("out")
+    p.add_argument("--format", choices=["ddranking", "imagefolder"], default="ddranking")
+    p.add_argument("--space", choices=["model", "pixel"], default="model",
+                   help="model: the ZCA/normalised space it was distilled in; pixel: de-whitened [0,1]")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("import", help="import a distilled set (DD-Ranking tensors / MTT-DATM-PAD files / PNGs)")
+    p.add_argument("src")
+    p.add_argument("out")
+    p.add_argument("--format", choices=["ddranking", "imagefolder"], default="ddranking")
+    p.add_argument("--space", choices=["zca", "normalize", "pixel"], required=True,
+                   help="the space the imported images are in")
+    p.add_argument("--dataset", required=True, help="dataset the set was distilled from (for its transform)")
+    p.add_argument("--data-root")
+    p.add_argument("--lr", type=float, help="student lr when the source has no lr.pt")
+    p.set_defaults(fn=cmd_import)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except PadistillError as e:
+        print(f"padistill: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("padistill: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except FileNotFoundError as e:  # anything not caught closer to the source
+        print(f"padistill: error: {Path(e.filename or '')}: {e.strerror}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

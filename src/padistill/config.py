@@ -1,0 +1,470 @@
+"""Configuration: dataclasses with per-field docs, YAML presets, strict validation, `--set` overrides.
+
+Input: a preset name (`padistill list presets`) or a YAML file, plus `a.b=c` overrides.
+Output: a fully resolved `Config`, written as `config.yaml` into every stage folder.
+
+Rules (the field's research scripts get these wrong, so they are tested):
+- unknown keys and duplicate keys are errors that name the key and the file;
+- booleans are booleans (`true`/`false`), never strings parsed by truthiness;
+- a YAML file may start from another preset with `base: <preset name or relative path>`;
+- every value can be overridden from the command line with `--set section.key=value` (YAML syntax).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from padistill.errors import PadistillError
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"  # dataset registry name (`padistill list datasets`)
+    root: str | None = None  # data folder; None = $PADISTILL_DATA or ~/.cache/padistill/data
+    download: bool = False  # fetch the official archive when missing (checksum verified)
+    options: dict = field(default_factory=dict)  # loader-specific options (e.g. npz `path`)
+    preprocess: str = "zca"  # zca | normalize | none (every published PAD number uses zca)
+    zca_eps: float = 0.1  # kornia ZCAWhitening eps used by MTT/DATM/PAD
+    val_per_class: int = 0  # training images per class held out for model selection (never the test set)
+
+
+@dataclass
+class NetConfig:
+    name: str = "convnet"  # `padistill list nets`; parseable names like convnet-4, resnet18-bn
+    options: dict = field(default_factory=dict)  # builder options, e.g. {width: 128, depth: 3}
+
+
+@dataclass
+class ScoresConfig:
+    method: str = "el2n"  # el2n | grand | loss | uncertainty | forgetting | file
+    file: str | None = None  # ordering file [C, N_c] (published PAD format) when method == file
+    models: int = 10  # independently initialised scoring models averaged (data-diet practice)
+    epochs: int = 20  # training epochs before scoring (EL2N is read early in training)
+    net: str | None = None  # scoring network; None = the config's net
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch: int = 256
+    augment: bool = True  # DSA while training the scoring models
+
+
+@dataclass
+class ScheduleConfig:
+    """PAD's data scheduler (paper §3.2, spec §1.5): easy-first addition, then one-shot easy removal."""
+
+    enabled: bool = True
+    init_ratio: float = 0.75  # IR: fraction of each class (easiest first) at epoch 0
+    add_end_epoch: int = 20  # AEE: full data from this epoch (linear growth before)
+    rm_epoch_first: int = 40  # R1: after this epoch drop the easiest rm_easy_ratio_first
+    rm_easy_ratio_first: float = 0.1
+    rm_epoch_second: int = 60  # R2: after this epoch drop the easiest rm_easy_ratio_second (total)
+    rm_easy_ratio_second: float = 0.2
+
+
+@dataclass
+class ExpertsConfig:
+    num: int = 100  # number of expert trajectories
+    epochs: int = 100  # training epochs per expert (checkpoints 0..epochs are stored)
+    optimizer: str = "gsam"  # gsam (reference: FTD flat trajectories) | sgd
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch: int = 256
+    rho: float = 0.01  # GSAM perturbation radius
+    alpha: float = 0.3  # GSAM surrogate-gap weight
+    adaptive: bool = True  # adaptive (ASAM-style) perturbation, as in the reference
+    augment: bool = True  # DSA on every batch
+    microbatch: int = 64  # forward/backward in chunks of this size (cache-friendly on CPU; same gradient)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    save_dtype: str = "float32"  # float32 | float16 (halves the buffer size)
+    eval_every: int = 1  # test accuracy logged every N epochs (0 = never)
+
+
+@dataclass
+class ParamSelectConfig:
+    """FIEM (paper §3.3, eq. 4): which parameters the matching distance uses."""
+
+    mode: str = "depth"  # depth (paper) | layer (whole shallow layers) | loss (published code)
+    ratio: float = 0.0  # alpha: share of parameters dropped from the shallow end (0 = match all)
+
+
+@dataclass
+class PruneConfig:
+    """FIEX for DC/DM (paper App. A.1): statically remove hard (small IPC) or easy (large IPC) samples."""
+
+    mode: str = "none"  # none | hard | easy
+    ratio: float = 0.0
+
+
+@dataclass
+class DistillConfig:
+    method: str = "tm"  # tm (MTT/DATM/PAD) | dc | dm
+    ipc: int = 10  # images per class
+    iterations: int = 10000  # outer updates of the synthetic set
+    # initialisation and what is learned
+    image_init: str = "correct"  # correct (real images an expert classifies correctly) | real | noise
+    label_init: str = "soft"  # soft (mean logits of the correct experts) | hard
+    learn_labels: bool = True
+    learn_lr: bool = True
+    lr_images: float = 100.0  # SGD lr of the pixels
+    momentum_images: float = 0.5
+    lr_labels: float = 2.0  # SGD lr of the soft-label logits (lr_y)
+    momentum_labels: float = 0.9
+    lr_lr: float = 1e-5  # SGD lr of the learnable student lr
+    momentum_lr: float = 0.5
+    syn_lr: float = 0.01  # initial student lr (lr_teacher)
+    batch_syn: int | None = None  # synthetic mini-batch per student step; None = whole set
+    augment: bool = True  # DSA on every student step
+    # trajectory matching
+    syn_steps: int = 80  # N: student steps per iteration
+    expert_epochs: int = 2  # M: target = start + M
+    min_start_epoch: int = 0  # T-
+    current_max_start_epoch: int = 10  # T: initial upper bound of the start epoch (exclusive)
+    max_start_epoch: int = 20  # T+: final upper bound (exclusive)
+    sequential: bool = True  # DATM's growing window; false = uniform in [T-, T+)
+    expansion_end_iteration: int = 1000  # iteration at which the window reaches T+ (Interval*(T+-T))
+    threshold: float = 1.0  # skip the update when the normalised matching loss exceeds this
+    select: ParamSelectConfig = field(default_factory=ParamSelectConfig)
+    unroll: str = "recompute"  # recompute (exact, memory of one micro-batch step) | plain (full graph)
+    microbatch: int = 25  # student micro-batch in the unroll (0 = whole batch; BatchNorm nets: whole batch)
+    label_model_epoch: int = -1  # expert checkpoint used for image/label init (-1 = last)
+    max_experts: int | None = None  # use only the first N experts
+    # gradient / distribution matching (dc, dm)
+    outer_loop: int = 10  # DC: outer loops per iteration (fresh net each iteration)
+    inner_loop: int = 50  # DC: network updates on the synthetic set between outer loops
+    batch_real: int = 256  # DC/DM: real images per class per step
+    net_lr: float = 0.01  # DC: lr of the network trained between outer loops
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    # bookkeeping
+    checkpoint_every: int = 50  # iterations between resumable checkpoints
+    eval_every: int = 0  # iterations between validation evaluations (needs data.val_per_class > 0)
+    eval_epochs: int = 300  # training epochs of those validation evaluations
+    grid_every: int = 500  # iterations between PNG grids of the images
+    max_bad_steps: int = 20  # stop after this many consecutive non-finite losses/gradients
+
+
+@dataclass
+class EvalConfig:
+    nets: list = field(default_factory=lambda: ["convnet"])  # cross-architecture list
+    runs: int = 5  # fresh networks per net (mean +- std over runs, n stated)
+    epochs: int = 1000  # training epochs (lr x0.1 after epochs//2 + 1)
+    batch: int = 128
+    lr: float | None = None  # None = the learned lr of the distilled set (0.01 for baselines)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True  # DSA on every batch
+    soft_labels: bool = True  # use the distilled soft labels (soft cross-entropy)
+    baseline: bool = True  # also evaluate a random real subset of the same size
+    kd_teacher: str | None = None  # knowledge-distillation evaluation: 'expert' or a checkpoint path
+    kd_temperature: float = 4.0
+
+
+@dataclass
+class Config:
+    name: str = "run"  # run name (used for the output folder)
+    seed: int = 0  # one seed for everything; derived generators per stage
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data: DataConfig = field(default_factory=DataConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    scores: ScoresConfig = field(default_factory=ScoresConfig)
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.preprocess": ("zca", "normalize", "none"),
+    "scores.method": ("el2n", "grand", "loss", "uncertainty", "forgetting", "file"),
+    "experts.optimizer": ("gsam", "sgd"),
+    "experts.save_dtype": ("float32", "float16"),
+    "distill.method": ("tm", "dc", "dm"),
+    "distill.unroll": ("recompute", "plain"),
+    "distill.image_init": ("correct", "real", "noise"),
+    "distill.label_init": ("soft", "hard"),
+    "distill.select.mode": ("depth", "layer", "loss"),
+    "distill.prune.mode": ("none", "hard", "easy"),
+}
+
+# --------------------------------------------------------------------------------------------------
+# YAML loading (duplicate keys rejected)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise PadistillError(f"{mark.name}:{mark.line + 1}: duplicate key '{key}'")
+        seen[key] = True
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise PadistillError(f"{path}: cannot read config ({e.strerror})") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader) or {}
+    except yaml.YAMLError as e:
+        raise PadistillError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise PadistillError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# presets
+
+
+def presets_dir() -> Path:
+    return Path(str(resources.files("padistill") / "configs"))
+
+
+def list_presets() -> list[str]:
+    root = presets_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = presets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, list_presets(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (see `padistill list presets`)"
+        raise PadistillError(f"unknown preset '{name}'{hint}")
+    return path
+
+
+def preset_header(name: str) -> str:
+    """The leading comment block of a preset file (command and paper number)."""
+    lines = []
+    for line in preset_path(name).read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").rstrip())
+    return "\n".join(lines)
+
+
+def _resolve_base(base: str, current: Path) -> Path:
+    if base.endswith((".yaml", ".yml")):
+        p = (current.parent / base).resolve()
+        if not p.is_file():
+            raise PadistillError(f"{current}: base file '{base}' not found")
+        return p
+    return preset_path(base)
+
+
+def _load_layers(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    if path in chain:
+        raise PadistillError(f"{path}: circular 'base:' chain")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    layers: list[tuple[Path, dict]] = []
+    if base is not None:
+        if not isinstance(base, str):
+            raise PadistillError(f"{path}: 'base' must be a preset name or a relative YAML path")
+        layers = _load_layers(_resolve_base(base, path), chain + (path,))
+    return layers + [(path, data)]
+
+
+# --------------------------------------------------------------------------------------------------
+# applying values with type checks
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check (and minimally coerce: int -> float) `value` against annotation `tp`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, v = _type_ok(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-5` (no dot) as a string; accept it as a number
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    if tp is list or origin is list:
+        if isinstance(value, str):
+            return True, [value]
+        return isinstance(value, list), value
+    if tp is dict or origin is dict:
+        return isinstance(value, dict), value
+    return True, value
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _apply(obj: Any, data: dict, where: str, prefix: str = "") -> None:
+    hints = _hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise PadistillError(f"{where}: unknown config key '{dotted}'{hint}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise PadistillError(f"{where}: '{dotted}' must be a mapping of its fields")
+            _apply(current, value, where, f"{dotted}.")
+            continue
+        ok, coerced = _type_ok(value, hints[key])
+        if not ok:
+            raise PadistillError(
+                f"{where}: '{dotted}' expects {_type_name(hints[key])}, got {value!r}")
+        setattr(obj, key, coerced)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise PadistillError(f"--set {text}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise PadistillError(f"--set {text}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict:
+    out: Any = value
+    for part in reversed(path):
+        out = {part: out}
+    return out
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks with one-line messages naming the field."""
+    for dotted, allowed in CHOICES.items():
+        obj: Any = cfg
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        if obj not in allowed:
+            raise PadistillError(f"config: '{dotted}' must be one of {', '.join(allowed)}; got {obj!r}")
+    d, e = cfg.distill, cfg.experts
+    positive = {"distill.ipc": d.ipc, "experts.epochs": e.epochs, "experts.batch": e.batch,
+                "eval.runs": cfg.eval.runs, "eval.batch": cfg.eval.batch, "scores.models": cfg.scores.models,
+                "experts.microbatch": e.microbatch}
+    for k, v in positive.items():
+        if v < 1:
+            raise PadistillError(f"config: '{k}' must be >= 1; got {v}")
+    nonneg = {"distill.iterations": d.iterations, "distill.syn_steps": d.syn_steps, "experts.num": e.num,
+              "eval.epochs": cfg.eval.epochs, "distill.microbatch": d.microbatch, "scores.epochs": cfg.scores.epochs,
+              "data.val_per_class": cfg.data.val_per_class}
+    for k, v in nonneg.items():
+        if v < 0:
+            raise PadistillError(f"config: '{k}' must be >= 0; got {v}")
+    for k, v in {"distill.select.ratio": d.select.ratio, "distill.prune.ratio": d.prune.ratio,
+                 "experts.schedule.init_ratio": e.schedule.init_ratio,
+                 "experts.schedule.rm_easy_ratio_first": e.schedule.rm_easy_ratio_first,
+                 "experts.schedule.rm_easy_ratio_second": e.schedule.rm_easy_ratio_second}.items():
+        if not 0.0 <= v <= 1.0:
+            raise PadistillError(f"config: '{k}' must be in [0, 1]; got {v}")
+    if d.select.ratio >= 1.0:
+        raise PadistillError("config: 'distill.select.ratio' must be < 1 (something must be matched)")
+    if d.method == "tm":
+        if d.expert_epochs < 1:
+            raise PadistillError("config: 'distill.expert_epochs' must be >= 1")
+        if not d.min_start_epoch < d.max_start_epoch:
+            raise PadistillError("config: 'distill.min_start_epoch' must be < 'distill.max_start_epoch'")
+        if d.sequential and not d.min_start_epoch < d.current_max_start_epoch <= d.max_start_epoch:
+            raise PadistillError("config: need min_start_epoch < current_max_start_epoch <= max_start_epoch")
+        if d.max_start_epoch - 1 + d.expert_epochs > e.epochs:
+            raise PadistillError(
+                f"config: start epochs up to {d.max_start_epoch - 1} + expert_epochs {d.expert_epochs} "
+                f"exceed experts.epochs {e.epochs}")
+    if d.batch_syn is not None and d.batch_syn < 1:
+        raise PadistillError("config: 'distill.batch_syn' must be >= 1 or null")
+    if not cfg.eval.nets:
+        raise PadistillError("config: 'eval.nets' must name at least one network")
+    return cfg
+
+
+def load_config(preset: str | None = None, path: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Resolve a config: defaults <- preset/file (with its `base:` chain) <- `--set` overrides."""
+    cfg = Config()
+    layers: list[tuple[Path, dict]] = []
+    if preset is not None and path is not None:
+        raise PadistillError("give either a preset or a config file, not both")
+    if preset is not None:
+        layers = _load_layers(preset_path(preset))
+    elif path is not None:
+        p = Path(path)
+        if not p.is_file():
+            # allow `padistill run pad/cifar10-ipc10` as a preset name too
+            if not str(path).endswith((".yaml", ".yml")):
+                layers = _load_layers(preset_path(str(path)))
+            else:
+                raise PadistillError(f"{p}: config file not found")
+        else:
+            layers = _load_layers(p.resolve())
+    for where, data in layers:
+        _apply(cfg, data, str(where))
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply(cfg, _nest(keys, value), f"--set {text}")
+    return validate(cfg)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict, where: str = "config") -> Config:
+    cfg = Config()
+    _apply(cfg, data, where)
+    return validate(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
