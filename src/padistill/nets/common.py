@@ -1,0 +1,110 @@
+"""Small helpers shared by the network families: option checks, norm layers, size rules.
+
+Input: the raw options a builder received. Output: validated values, or a one-line `PadistillError`
+that names the net and the option. Also the size conventions of the field (spec §5.1, paper
+Appendix B "Network"): 1-channel 28x28 inputs (MNIST) are padded to 32x32 by the first conv, and
+nets with a stride rule switch to their "Tiny" stride at 64x64 and above.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import nn
+
+from padistill.errors import PadistillError
+
+# Accepted spellings of each norm kind: the short name, the reference code's long names and the
+# suffixes of parseable net names (convnet-bn, ...).
+NORM_ALIASES = {
+    "instance": "instance", "instancenorm": "instance", "in": "instance",
+    "batch": "batch", "batchnorm": "batch", "bn": "batch",
+    "layer": "layer", "layernorm": "layer", "ln": "layer",
+    "group": "group", "groupnorm": "group", "gn": "group",
+    "none": "none", "nonorm": "none", "nn": "none",
+}
+
+# Input sizes from which the "Tiny ImageNet" stride rules of the paper's appendix apply.
+LARGE_INPUT = 64
+
+
+def check_int(net: str, option: str, value, minimum: int = 1) -> int:
+    """An integer option >= minimum (bools are rejected although they are ints in Python)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise PadistillError(f"{net}: option {option!r} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def check_choice(net: str, option: str, value, choices) -> str:
+    """A string option from `choices` (compared case-insensitively)."""
+    key = value.lower() if isinstance(value, str) else value
+    if key not in choices:
+        raise PadistillError(f"{net}: option {option!r} must be one of {', '.join(choices)}; got {value!r}")
+    return key
+
+
+def check_norm(net: str, value, allowed: tuple[str, ...]) -> str:
+    """Canonical norm kind ('instance', 'batch', ...) from any accepted spelling."""
+    kind = NORM_ALIASES.get(value.lower()) if isinstance(value, str) else None
+    if kind not in allowed:
+        raise PadistillError(f"{net}: option 'norm' must be one of {', '.join(allowed)}; got {value!r}")
+    return kind
+
+
+def check_stride(net: str, option: str, value, im_size: tuple[int, int]) -> int:
+    """A stride option; None means the paper's rule: 2 for inputs of 64 px and larger, else 1."""
+    if value is None:
+        return 2 if is_large(im_size) else 1
+    return check_int(net, option, value)
+
+
+def is_large(im_size: tuple[int, int]) -> bool:
+    return min(im_size) >= LARGE_INPUT
+
+
+def is_mnist_like(channels: int, im_size: tuple[int, int]) -> bool:
+    """1-channel 28x28 inputs, which the field pads to 32x32 in the first conv."""
+    return channels == 1 and tuple(im_size) == (28, 28)
+
+
+def make_norm(kind: str, c: int, hw: tuple[int, int] | None = None) -> nn.Module:
+    """The norm layer after a conv with `c` output channels (spatial size `hw`, needed for 'layer').
+
+    'instance' is GroupNorm with one group per channel: per-sample per-channel statistics, a learnable
+    scale/shift and no running buffers (the reference's 'instancenorm', spec §5.1). 'none' gives an
+    Identity so that module indices stay the same as with a norm (the flat layout only shifts by the
+    missing norm parameters).
+    """
+    if kind == "instance":
+        return nn.GroupNorm(c, c, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm2d(c)
+    if kind == "layer":
+        return nn.LayerNorm([c, *hw], elementwise_affine=True)
+    if kind == "group":
+        return nn.GroupNorm(4, c, affine=True)
+    return nn.Identity()
+
+
+def infer_shape(net: str, features: nn.Module, channels: int, im_size: tuple[int, int]) -> torch.Size:
+    """Output shape (without batch) of `features` for one input, from a dummy forward.
+
+    Runs in eval mode under no_grad so BatchNorm statistics are not touched and no RNG is drawn; a
+    feature map that shrinks below 1 px becomes a PadistillError instead of a deep torch error. The
+    dummy batch holds 2 samples because GroupNorm refuses a single value per group (1x1 maps).
+    """
+    was_training = features.training
+    features.eval()
+    try:
+        with torch.no_grad():
+            out = features(torch.zeros(2, channels, *im_size))
+    except (RuntimeError, ValueError) as exc:
+        raise PadistillError(
+            f"{net}: {channels}x{im_size[0]}x{im_size[1]} inputs are too small for this network "
+            "(the feature map shrinks below 1 px)") from exc
+    finally:
+        features.train(was_training)
+    if out.numel() == 0:
+        raise PadistillError(f"{net}: {channels}x{im_size[0]}x{im_size[1]} inputs are too small for this net")
+    return out.shape[1:]
