@@ -1,0 +1,119 @@
+"""Distilled-set artifacts: the files a distillation run leaves behind, and their validated loading.
+
+A distilled set folder holds (spec §8.24):
+    images.pt       float32 [C*IPC, ch, H, W], class-contiguous (rows c*IPC..(c+1)*IPC-1 are class c),
+                    in model space (ZCA-whitened or normalised, see preprocess.pt)
+    labels.pt       float32 [C*IPC, C] label logits (soft labels), or int64 [C*IPC] hard labels
+    lr.pt           0-d float32 tensor, the learned student lr (the evaluation lr)
+    preprocess.pt   the fitted ZCA / normalisation transform, so the set can never be evaluated or
+                    viewed in the wrong space
+    grid_*.png      de-whitened images for viewing
+Loading validates every file (weights_only=True, dtypes, shapes, consistency).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from padistill.data.transforms import Preprocessor, load_preprocessor
+from padistill.errors import PadistillError
+from padistill.utils.io import atomic_save, atomic_write_with, load_tensors, require_tensor
+
+
+@dataclass
+class DistilledSet:
+    images: torch.Tensor
+    labels: torch.Tensor
+    lr: torch.Tensor
+    pre: Preprocessor | None
+    num_classes: int
+
+    @property
+    def ipc(self) -> int:
+        return self.images.shape[0] // self.num_classes
+
+    @property
+    def hard_labels(self) -> torch.Tensor:
+        return self.labels if self.labels.ndim == 1 else self.labels.argmax(dim=1)
+
+    def class_of_rows(self) -> torch.Tensor:
+        return torch.arange(self.num_classes).repeat_interleave(self.ipc)
+
+
+def save_distilled(folder: str | Path, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
+                   pre: Preprocessor | None, prefix: str = "") -> list[str]:
+    folder = Path(folder)
+    names = [f"{prefix}images.pt", f"{prefix}labels.pt", f"{prefix}lr.pt"]
+    atomic_save(images.detach().to("cpu", torch.float32).contiguous(), folder / names[0])
+    lab = labels.detach().to("cpu")
+    atomic_save(lab.to(torch.float32).contiguous() if lab.is_floating_point() else lab.to(torch.int64),
+                folder / names[1])
+    atomic_save(lr.detach().to("cpu", torch.float32).reshape(()), folder / names[2])
+    if pre is not None and not (folder / "preprocess.pt").is_file():
+        pre.save(folder / "preprocess.pt")
+        names.append("preprocess.pt")
+    return names
+
+
+def load_distilled(folder: str | Path, num_classes: int | None = None, prefix: str = "",
+                   require_preprocess: bool = True) -> DistilledSet:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PadistillError(f"{folder}: distilled-set folder not found")
+    images = require_tensor(load_tensors(folder / f"{prefix}images.pt", "distilled images"),
+                            str(folder / f"{prefix}images.pt"), dtype=(torch.float32, torch.float16), ndim=4)
+    labels = load_tensors(folder / f"{prefix}labels.pt", "distilled labels")
+    n = images.shape[0]
+    where = str(folder / f"{prefix}labels.pt")
+    if isinstance(labels, torch.Tensor) and labels.ndim == 1:
+        labels = require_tensor(labels, where, dtype=(torch.int64, torch.int32), shape=(n,)).long()
+        C = num_classes or int(labels.max()) + 1
+    else:
+        labels = require_tensor(labels, where, dtype=(torch.float32, torch.float16), ndim=2).float()
+        if labels.shape[0] != n:
+            raise PadistillError(f"{where}: {labels.shape[0]} labels for {n} images")
+        C = labels.shape[1]
+    if num_classes is not None and C != num_classes:
+        raise PadistillError(f"{where}: labels describe {C} classes, the dataset has {num_classes}")
+    if n % C != 0:
+        raise PadistillError(f"{folder}: {n} images is not a whole number of images per class for {C} classes")
+    lr_path = folder / f"{prefix}lr.pt"
+    lr = require_tensor(load_tensors(lr_path, "learned lr"), str(lr_path), dtype=(torch.float32, torch.float64))
+    if lr.numel() != 1 or not math.isfinite(float(lr)) or float(lr) <= 0:
+        raise PadistillError(
+            f"{lr_path}: expected one positive finite learning rate, found {lr.flatten()[:3].tolist()}")
+    if not torch.isfinite(images).all():
+        raise PadistillError(f"{folder / f'{prefix}images.pt'}: contains NaN or Inf")
+    pre_path = folder / "preprocess.pt"
+    pre = load_preprocessor(pre_path) if pre_path.is_file() else None
+    if pre is None and require_preprocess:
+        raise PadistillError(
+            f"{folder}: no preprocess.pt; the images' space (ZCA / normalised) is unknown, so they cannot be "
+            "evaluated safely (import them with `padistill import --space ...`)")
+    if pre is not None and tuple(pre.image_shape) != tuple(images.shape[1:]):
+        raise PadistillError(f"{pre_path}: transform is for images {tuple(pre.image_shape)}, "
+                             f"the set has {tuple(images.shape[1:])}")
+    return DistilledSet(images.float(), labels, lr.reshape(()).float(), pre, C)
+
+
+def save_grid(images_01: torch.Tensor, path: str | Path, nrow: int, pad: int = 2, scale: int = 1) -> Path:
+    """Save images in [0, 1] (any range is clamped) as one PNG grid, `nrow` images per row."""
+    from PIL import Image
+
+    x = images_01.detach().float().cpu().clamp(0, 1)
+    n, c, h, w = x.shape
+    ncol = max(1, nrow)
+    rows = math.ceil(n / ncol)
+    grid = torch.ones(c, rows * (h + pad) + pad, ncol * (w + pad) + pad)
+    for i in range(n):
+        r, k = divmod(i, ncol)
+        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = x[i]
+    arr = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[:, :, 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return atomic_write_with(path, lambda p: img.save(p, format="PNG"))

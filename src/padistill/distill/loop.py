@@ -1,0 +1,230 @@
+"""The distillation outer loop shared by every matcher (TM, DC, DM).
+
+Input: a resolved config, the prepared data, and (for TM) an experts folder.
+Output: a distill folder with images.pt / labels.pt / lr.pt / preprocess.pt, manifest.json,
+config.yaml, metrics.jsonl, checkpoint.pt and PNG grids (see `padistill.artifacts`).
+
+Per iteration the matcher computes gradients and calls `syn.apply(grads)` (one or more times).
+Around it the loop adds what research scripts lack:
+- resumable checkpoints every `checkpoint_every` iterations (atomic; images, labels, lr, optimiser
+  momenta, counters; iteration randomness is derived from (seed, iteration), so a resumed run is
+  bit-identical to an uninterrupted one on CPU);
+- a non-finite loss or gradient skips the update, is counted and logged; after `max_bad_steps` in a row
+  the run stops with a clear message (the last checkpoint is kept);
+- validation evaluations every `eval_every` iterations on a split held out from the TRAINING data
+  (never the test set) with the best set kept as best_*.pt;
+- metrics.jsonl (loss, per-layer loss, lr, skipped updates, seconds per iteration) and a progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch.distributed as dist
+
+from padistill.artifacts import save_distilled, save_grid
+from padistill.config import Config, dump_yaml, to_dict
+from padistill.errors import PadistillError
+from padistill.utils.io import atomic_save, atomic_write_text, load_tensors
+from padistill.utils.manifest import StageDir, require_complete
+from padistill.utils.progress import progress_bar
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+def rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def distill_settings(cfg: Config) -> dict:
+    """The settings that determine the distilled set (bookkeeping intervals excluded)."""
+    d = to_dict(cfg.distill)
+    for k in ("checkpoint_every", "grid_every"):
+        d.pop(k)
+    return {"data": to_dict(cfg.data), "net": to_dict(cfg.net), "distill": d}
+
+
+def _build_matcher(cfg: Config, prepared, experts_dir, syn_size: int, rank: int, world: int, log):
+    """Student network + FIEM cut + matcher for the configured method."""
+    from padistill.context import build_net, make_augment
+    from padistill.filters.params import param_cut
+    from padistill.nets import param_layout
+
+    d = cfg.distill
+    model = build_net(prepared, seed=0)
+    layout = param_layout(model)
+    augment = make_augment(d.augment)
+    ranges = layout.layer_ranges()
+    cut = param_cut(layout.total, d.select.ratio, d.select.mode, boundaries=[a for _, a, _ in ranges])
+    if d.method == "tm":
+        from padistill.experts.storage import ExpertStore
+        from padistill.match.trajectory import Student, TrajectoryMatcher
+
+        store = ExpertStore(experts_dir, max_experts=d.max_experts)
+        if store.layout.total != layout.total:
+            raise PadistillError(f"{experts_dir}: experts have {store.layout.total} parameters, "
+                                 f"net '{cfg.net.name}' has {layout.total}; use the net the experts were trained with")
+        if store.epochs < d.max_start_epoch - 1 + d.expert_epochs:
+            raise PadistillError(f"{experts_dir}: experts have {store.epochs} epochs; the start window needs "
+                                 f"{d.max_start_epoch - 1 + d.expert_epochs}")
+        student = Student(model, layout, augment, microbatch=d.microbatch or None)
+        matcher = TrajectoryMatcher(d, store, student, cut, cfg.seed, syn_size, prepared.image_size,
+                                    layer_ranges=ranges, rank=rank, world=world)
+        return matcher, model, layout, store
+    if d.method in ("dc", "dm"):
+        from padistill.match.feature import build_feature_matcher
+
+        matcher = build_feature_matcher(cfg, prepared, augment, cut, rank=rank, world=world, log=log)
+        return matcher, model, layout, None
+    raise PadistillError(f"distill.method: unknown method {d.method!r}")
+
+
+def _initial_set(cfg: Config, prepared, model, layout, store, log):
+    from padistill.distill.init import init_images, init_labels
+    from padistill.distill.synset import SyntheticSet
+
+    d = cfg.distill
+    experts = store if d.method == "tm" else None
+    image_mode = d.image_init if experts is not None or d.image_init != "correct" else "real"
+    images, _ = init_images(prepared, d.ipc, image_mode, cfg.seed, experts=experts, model=model, layout=layout,
+                            label_epoch=d.label_model_epoch, log=log)
+    labels = init_labels(prepared, images, d.ipc, d.label_init, experts=experts, model=model, layout=layout,
+                         label_epoch=d.label_model_epoch, log=log)
+    return SyntheticSet(images, labels, d.syn_lr, prepared.num_classes, d)
+
+
+def _save_checkpoint(path: Path, it: int, syn, counters: dict, best: dict | None) -> None:
+    atomic_save({"iteration": it, "synset": syn.state_dict(), "counters": counters, "best": best}, path)
+
+
+def _trim_metrics(path: Path, upto: int) -> None:
+    """Drop metric lines of iterations >= upto (written after the checkpoint we resume from)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line from a crash
+        if rec.get("it", -1) < upto:
+            keep.append(line)
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | Path | None = None,
+                overwrite: bool = False, log=print, show_progress: bool = True) -> Path:
+    out = Path(out_dir)
+    d = cfg.distill
+    rank, world = rank_world()
+    inputs = {"data": prepared.fingerprint()}
+    if d.method == "tm":
+        if experts_dir is None:
+            raise PadistillError("distill: trajectory matching needs --experts DIR (output of `padistill experts`)")
+        inputs["experts"] = require_complete(experts_dir, "experts")["key"]
+    stage = StageDir(out, "distill", distill_settings(cfg), inputs, cfg.seed, dump_yaml(cfg))
+    state = stage.begin(overwrite=overwrite) if rank == 0 else "running"
+    if world > 1:
+        dist.barrier()
+    if state == "complete":
+        log(f"distill: {out} is complete (same settings and inputs); reusing it")
+        return out
+
+    syn_size = prepared.num_classes * d.ipc
+    matcher, model, layout, store = _build_matcher(cfg, prepared, experts_dir, syn_size, rank, world, log)
+    ckpt_path = out / CHECKPOINT
+    counters = {"skipped": 0, "nonfinite": 0, "bad_streak": 0, "applied": 0}
+    best = None
+    start_it = 0
+    if ckpt_path.is_file():
+        ck = load_tensors(ckpt_path, "distillation checkpoint")
+        syn = _initial_set_shell(cfg, prepared, ck)
+        start_it, counters, best = int(ck["iteration"]), dict(ck["counters"]), ck.get("best")
+        log(f"distill: resuming {out} at iteration {start_it}")
+        if rank == 0:
+            _trim_metrics(out / METRICS, start_it)
+    else:
+        syn = _initial_set(cfg, prepared, model, layout, store, log)
+        if rank == 0:
+            save_grid(prepared.pre.inverse(syn.images.detach()), out / "grid_init.png", nrow=d.ipc)
+    metrics_f = open(out / METRICS, "a", encoding="utf-8") if rank == 0 else None
+    bar = progress_bar(range(start_it, d.iterations), desc="distill", initial=start_it, total=d.iterations,
+                       disable=not show_progress or rank != 0)
+    try:
+        for it in bar:
+            t0 = time.perf_counter()
+            info = matcher.step(it, syn, syn.apply)
+            loss, status = info["loss"], info["status"]
+            bad = status == "nonfinite" or not math.isfinite(loss)
+            counters["bad_streak"] = counters["bad_streak"] + 1 if bad else 0
+            counters["nonfinite" if bad else ("applied" if status == "applied" else "skipped")] += 1
+            rec = {"it": it, "loss": loss, "status": "nonfinite" if bad else status,
+                   "lr": float(syn.syn_lr.detach()), "seconds": round(time.perf_counter() - t0, 4),
+                   "skipped_total": counters["skipped"], "nonfinite_total": counters["nonfinite"],
+                   "lr_clamped": syn.lr_clamped}
+            rec.update({k: v for k, v in info.items() if k not in ("loss", "status")})
+            if metrics_f is not None:
+                metrics_f.write(json.dumps(rec) + "\n")
+                metrics_f.flush()
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}", skip=counters["skipped"], refresh=False)
+            if counters["bad_streak"] > d.max_bad_steps:
+                if rank == 0:
+                    _save_checkpoint(ckpt_path, it + 1 - counters["bad_streak"], syn, counters, best)
+                raise PadistillError(
+                    f"distill: {counters['bad_streak']} consecutive non-finite losses/gradients at iteration {it}; "
+                    f"lower distill.lr_images / distill.lr_lr or check the experts (checkpoint kept in {out})")
+            done = it + 1
+            if d.eval_every and done % d.eval_every == 0 and prepared.x_val is not None:
+                best = _validate(cfg, prepared, syn, done, best, out, metrics_f, log) if rank == 0 else best
+            if rank == 0 and d.grid_every and done % d.grid_every == 0:
+                save_grid(prepared.pre.inverse(syn.images.detach()), out / f"grid_{done:06d}.png", nrow=d.ipc)
+            if rank == 0 and (done % max(1, d.checkpoint_every) == 0 or done == d.iterations):
+                _save_checkpoint(ckpt_path, done, syn, counters, best)
+    finally:
+        bar.close()
+        if metrics_f is not None:
+            metrics_f.close()
+    if rank == 0:
+        outputs = save_distilled(out, syn.images, syn.labels, syn.syn_lr, prepared.pre)
+        save_grid(prepared.pre.inverse(syn.images.detach()), out / "grid_final.png", nrow=d.ipc)
+        stage.complete(outputs, counters=counters, best=best, iterations=d.iterations)
+        log(f"distill: done, {counters['applied']} updates, {counters['skipped']} skipped by the threshold, "
+            f"{counters['nonfinite']} non-finite; lr {float(syn.syn_lr.detach()):.4g}; wrote {out}")
+    if world > 1:
+        dist.barrier()
+    return out
+
+
+def _initial_set_shell(cfg: Config, prepared, ck: dict):
+    """Rebuild the synthetic set (tensors + optimisers) from a checkpoint."""
+    from padistill.distill.synset import SyntheticSet
+
+    state = ck["synset"]
+    syn = SyntheticSet(state["images"].to(prepared.device), state["labels"].to(prepared.device),
+                       float(state["syn_lr"]), prepared.num_classes, cfg.distill)
+    syn.load_state_dict(state)
+    return syn
+
+
+def _validate(cfg: Config, prepared, syn, it: int, best: dict | None, out: Path, metrics_f, log) -> dict | None:
+    from padistill.evaluate import evaluate_set
+
+    d = cfg.distill
+    res = evaluate_set(syn.images.detach(), syn.labels.detach(), syn.syn_lr.detach(), prepared, cfg,
+                       split="val", net=cfg.eval.nets[0], runs=1, epochs=d.eval_epochs, seed_tag=("val", it))
+    rec = {"it": it - 1, "val_acc": res.mean, "val_runs": len(res.accs)}
+    if metrics_f is not None:
+        metrics_f.write(json.dumps(rec) + "\n")
+        metrics_f.flush()
+    if best is None or res.mean > best["val_acc"]:
+        best = {"val_acc": res.mean, "iteration": it}
+        save_distilled(out, syn.images, syn.labels, syn.syn_lr, prepared.pre, prefix="best_")
+    log(f"distill: iteration {it}: validation accuracy {res.mean:.2%} "
+        f"(best {best['val_acc']:.2%} at {best['iteration']})")
+    return best

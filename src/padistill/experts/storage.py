@@ -1,0 +1,127 @@
+"""Expert trajectory storage: one file per expert, every epoch's parameters, read lazily.
+
+Layout of an experts folder (output of `padistill experts`):
+    manifest.json, config.yaml       stage manifest (see utils.manifest)
+    layout.json                      parameter names and shapes, shallow -> deep (flattening order)
+    expert_0000.pt ...               one file per finished expert (atomic), a dict:
+        params   Tensor [E+1, P]     row e = flattened parameters after e epochs (row 0 = initialisation),
+                                     float32 or float16 (`experts.save_dtype`)
+        epochs   int                 E
+        meta     dict                seed, per-epoch train size and test accuracy, ...
+    partial/expert_0000.pt           resumable state of an expert that is still training
+
+Readers memory-map the files (`torch.load(mmap=True)`), so asking for a start/target pair reads two
+rows, not the 100+ checkpoints of every expert. All loads use weights_only=True and validate shapes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from padistill.errors import PadistillError
+from padistill.utils.io import atomic_save, load_tensors, read_json
+
+EXPERT_RE = re.compile(r"^expert_(\d{4,})\.pt$")
+LAYOUT_FILE = "layout.json"
+
+
+def expert_path(folder: str | Path, expert_id: int) -> Path:
+    return Path(folder) / f"expert_{expert_id:04d}.pt"
+
+
+def save_expert(folder: str | Path, expert_id: int, params: torch.Tensor, meta: dict) -> Path:
+    if params.ndim != 2:
+        raise ValueError("params must be [E+1, P]")
+    return atomic_save({"params": params.contiguous(), "epochs": int(params.shape[0] - 1), "meta": meta},
+                       expert_path(folder, expert_id))
+
+
+@dataclass(frozen=True)
+class ExpertLayout:
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def total(self) -> int:
+        n = 0
+        for s in self.shapes:
+            k = 1
+            for d in s:
+                k *= d
+            n += k
+        return n
+
+    def to_json(self) -> dict:
+        return {"names": list(self.names), "shapes": [list(s) for s in self.shapes]}
+
+    @classmethod
+    def from_json(cls, data: dict, where: str) -> ExpertLayout:
+        try:
+            names = tuple(str(n) for n in data["names"])
+            shapes = tuple(tuple(int(d) for d in s) for s in data["shapes"])
+        except (KeyError, TypeError, ValueError):
+            raise PadistillError(f"{where}: expected {{'names': [...], 'shapes': [[...], ...]}}") from None
+        if len(names) != len(shapes):
+            raise PadistillError(f"{where}: {len(names)} names but {len(shapes)} shapes")
+        return cls(names, shapes)
+
+
+class ExpertStore:
+    """Read-only access to a folder of expert trajectories."""
+
+    def __init__(self, folder: str | Path, max_experts: int | None = None):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise PadistillError(f"{self.folder}: experts folder not found")
+        files = sorted(p for p in self.folder.iterdir() if EXPERT_RE.match(p.name))
+        if max_experts is not None:
+            files = files[:max_experts]
+        if not files:
+            raise PadistillError(f"{self.folder}: no expert_XXXX.pt files (run `padistill experts` first)")
+        self.files = files
+        self.layout = ExpertLayout.from_json(read_json(self.folder / LAYOUT_FILE, "expert layout"),
+                                             str(self.folder / LAYOUT_FILE))
+        first = self._open(0)
+        self.epochs = int(first["params"].shape[0] - 1)
+        self.dtype = first["params"].dtype
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @lru_cache(maxsize=8)  # noqa: B019 - a store lives as long as its run; bounded cache of mmaps
+    def _open(self, i: int) -> dict:
+        path = self.files[i]
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            data = load_tensors(path, "expert trajectory")  # gives the one-line error
+        if not isinstance(data, dict) or not isinstance(data.get("params"), torch.Tensor):
+            raise PadistillError(f"{path}: not an expert file (expected a dict with a 'params' tensor)")
+        p = data["params"]
+        if p.ndim != 2 or p.shape[1] != self.layout.total or p.dtype not in (torch.float32, torch.float16):
+            raise PadistillError(
+                f"{path}: params must be float32/float16 [E+1, {self.layout.total}], found "
+                f"{str(p.dtype).replace('torch.', '')} {list(p.shape)}")
+        if hasattr(self, "epochs") and p.shape[0] - 1 != self.epochs:
+            raise PadistillError(f"{path}: has {p.shape[0] - 1} epochs, other experts have {self.epochs}")
+        return data
+
+    def checkpoint(self, i: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Flat float32 parameters of expert i after `epoch` epochs (-1 = last)."""
+        p = self._open(i)["params"]
+        e = self.epochs if epoch < 0 else epoch
+        if not 0 <= e <= self.epochs:
+            raise PadistillError(f"{self.files[i]}: epoch {epoch} out of range 0..{self.epochs}")
+        return p[e].to(device=device, dtype=torch.float32, copy=True)
+
+    def pair(self, i: int, start: int, span: int, device: torch.device | str = "cpu"):
+        """(theta_start, theta_target) = checkpoints `start` and `start + span` of expert i."""
+        return self.checkpoint(i, start, device), self.checkpoint(i, start + span, device)
+
+    def meta(self, i: int) -> dict:
+        return self._open(i).get("meta", {})

@@ -1,0 +1,254 @@
+"""Trajectory matching (MTT -> DATM -> PAD): the unrolled student and its exact gradients.
+
+Input: an expert start/target pair (flat parameters), the synthetic images, label logits and the
+student lr. Output: the normalised matching loss and its gradients w.r.t. images, labels and lr.
+
+The student takes N steps theta_{i+1} = theta_i - lr * grad CE(f(theta_i, DSA(x_batch_i)), y_batch_i)
+(paper eq. 1; spec §3.6). Two exact ways to differentiate the final distance through the N steps:
+
+- `plain`: keep the whole N-step double-backward graph (what the reference does). Memory grows with
+  N x batch: CIFAR-10 IPC 10 with N = 80 does not fit in 24 GiB.
+- `recompute` (default): run the N steps once without a graph, keeping only theta_0..theta_N (N x P
+  floats, ~100 MB for ConvNet-3 and N = 80), then walk back step by step. For step i the Hessian-vector
+  and mixed products needed by reverse mode,
+      dL/dtheta_i = v - lr * H_i v,   dL/dx += -lr * (d g_i / d x)^T v,   dL/dlr += -g_i . v,
+  are computed by rebuilding that one step's graph, one micro-batch at a time. Memory is one
+  micro-batch step; the micro-batches also keep the working set in cache, which on a CPU is faster than
+  the plain graph despite the extra forward pass (benchmarks/README.md). Results equal `plain` up to
+  float rounding (tests/match/test_trajectory.py states the tolerance).
+
+All randomness of an unroll (mini-batch order, DSA draws) is drawn up front into an `UnrollPlan`, so
+the recomputation replays exactly the same augmentations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from padistill.filters.params import ParamCut
+from padistill.match.losses import label_loss, per_layer_distance, trajectory_distance
+from padistill.training import has_batch_statistics
+
+
+@dataclass
+class UnrollPlan:
+    """Pre-drawn randomness of one unroll: the synthetic indices and the DSA draw of every step."""
+
+    batches: list[torch.Tensor]
+    draws: list  # AugDraw | None per step
+
+
+def make_plan(n_syn: int, batch_syn: int | None, steps: int, augment, image_size: tuple[int, int],
+              generator: torch.Generator) -> UnrollPlan:
+    """Mini-batch schedule of spec §3.6 / §8.16: a fresh permutation of all synthetic indices is split
+    into chunks of `batch_syn`; chunks are consumed from the end; a new permutation when empty."""
+    bs = n_syn if not batch_syn or batch_syn >= n_syn else batch_syn
+    pool: list[torch.Tensor] = []
+    batches, draws = [], []
+    for _ in range(steps):
+        if not pool:
+            pool = list(torch.split(torch.randperm(n_syn, generator=generator), bs))
+        idx = pool.pop()
+        batches.append(idx)
+        draws.append(augment.sample(len(idx), image_size, generator) if augment is not None else None)
+    return UnrollPlan(batches, draws)
+
+
+class Student:
+    """The network run functionally on a flat parameter vector (ParamLayout order, shallow -> deep)."""
+
+    def __init__(self, model: nn.Module, layout, augment=None, microbatch: int | None = 25):
+        self.model = model.train()
+        self.layout = layout
+        self.augment = augment
+        self.microbatch = None if has_batch_statistics(model) else microbatch
+
+    def chunks(self, n: int) -> list[tuple[int, int]]:
+        mb = self.microbatch
+        if not mb or mb >= n:
+            return [(0, n)]
+        return [(a, min(a + mb, n)) for a in range(0, n, mb)]
+
+    def inputs(self, images: torch.Tensor, idx: torch.Tensor, draw, a: int, b: int) -> torch.Tensor:
+        x = images[idx[a:b]]
+        if draw is not None:
+            x = self.augment.apply(x, draw.take(a, b) if (a, b) != (0, len(idx)) else draw)
+        return x
+
+    def step_loss(self, theta, x, targets, n: int) -> torch.Tensor:
+        """Sum of the per-sample label loss over a micro-batch, divided by the step's batch size n
+        (so micro-batch gradients add up to the gradient of the batch mean)."""
+        return label_loss(self.layout.functional_forward(self.model, theta, x), targets, reduction="sum") / n
+
+
+@dataclass
+class MatchResult:
+    loss: float
+    grads: dict[str, torch.Tensor] | None  # None when the update is skipped (gated or non-finite)
+    per_layer: dict[str, float]
+    final: torch.Tensor  # student parameters after N steps (detached)
+
+
+def _device_plan(plan: UnrollPlan, device: torch.device) -> UnrollPlan:
+    return UnrollPlan([b.to(device) for b in plan.batches],
+                      [d.to(device) if d is not None else None for d in plan.draws])
+
+
+def _targets(labels: torch.Tensor, idx: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    return labels[idx[a:b]]
+
+
+def match_trajectory(student: Student, start: torch.Tensor, target: torch.Tensor, images: torch.Tensor,
+                     labels: torch.Tensor, syn_lr: torch.Tensor, plan: UnrollPlan, cut: ParamCut | None,
+                     threshold: float = float("inf"), mode: str = "recompute",
+                     learn_labels: bool = True, learn_lr: bool = True,
+                     layer_ranges: list[tuple[str, int, int]] | None = None) -> MatchResult:
+    """One trajectory-matching evaluation: loss and, unless gated, gradients.
+
+    `labels` are label logits [n, C] (soft) or class indices [n] (hard, MTT); `threshold` implements the
+    DATM/PAD gate (spec §3.10): if loss > threshold no gradient is computed and nothing is updated.
+    """
+    plan = _device_plan(plan, images.device)
+    learn_labels = learn_labels and labels.is_floating_point()
+    if mode == "plain":
+        return _plain(student, start, target, images, labels, syn_lr, plan, cut, threshold, learn_labels,
+                      learn_lr, layer_ranges)
+    if mode != "recompute":
+        raise ValueError(f"unknown unroll mode {mode!r}")
+
+    # 1) forward without a graph, keeping every theta_i
+    lr = syn_lr.detach()
+    x_all, y_all = images.detach(), labels.detach()
+    thetas = [start.detach()]
+    for idx, draw in zip(plan.batches, plan.draws):
+        th = thetas[-1].detach().requires_grad_(True)
+        n = len(idx)
+        g = None
+        for a, b in student.chunks(n):
+            loss = student.step_loss(th, student.inputs(x_all, idx, draw, a, b), _targets(y_all, idx, a, b), n)
+            (gk,) = torch.autograd.grad(loss, th)
+            g = gk if g is None else g.add_(gk)
+        thetas.append(th.detach() - lr * g)
+
+    # 2) the matching loss at theta_N and its gradient v = dL/dtheta_N
+    final = thetas[-1].detach().requires_grad_(True)
+    loss_t = trajectory_distance(final, start, target, cut)
+    loss = float(loss_t.detach())
+    per_layer = per_layer_distance(final.detach(), start, target, layer_ranges) if layer_ranges else {}
+    if not (loss <= threshold) or not torch.isfinite(loss_t):
+        return MatchResult(loss, None, per_layer, final.detach())
+    (v,) = torch.autograd.grad(loss_t, final)
+
+    # 3) reverse sweep, one step (and one micro-batch) at a time
+    g_images = torch.zeros_like(images)
+    g_labels = torch.zeros_like(labels) if learn_labels else None
+    g_lr = torch.zeros((), dtype=images.dtype, device=images.device)
+    neg_lr = -float(lr)
+    for i in range(len(plan.batches) - 1, -1, -1):
+        idx, draw, n = plan.batches[i], plan.draws[i], len(plan.batches[i])
+        th = thetas[i].detach().requires_grad_(True)
+        v_next = v.clone() if i > 0 else v
+        for a, b in student.chunks(n):
+            xk = x_all[idx[a:b]].requires_grad_(True)
+            x = student.augment.apply(xk, draw.take(a, b) if (a, b) != (0, n) else draw) if draw is not None else xk
+            yk = _targets(y_all, idx, a, b)
+            if learn_labels:
+                yk = yk.detach().requires_grad_(True)
+            loss_k = student.step_loss(th, x, yk, n)
+            (gk,) = torch.autograd.grad(loss_k, th, create_graph=True)
+            gv = torch.dot(gk, v)
+            wrt = [xk] + ([yk] if learn_labels else []) + ([th] if i > 0 else [])
+            parts = torch.autograd.grad(gv, wrt)
+            g_images.index_add_(0, idx[a:b], parts[0], alpha=neg_lr)
+            if learn_labels:
+                g_labels.index_add_(0, idx[a:b], parts[1], alpha=neg_lr)
+            if i > 0:
+                v_next.add_(parts[-1], alpha=neg_lr)
+            g_lr -= gv.detach()
+        v = v_next
+    grads = {"images": g_images}
+    if learn_labels:
+        grads["labels"] = g_labels
+    if learn_lr:
+        grads["lr"] = g_lr
+    return MatchResult(loss, grads, per_layer, final.detach())
+
+
+def _plain(student, start, target, images, labels, syn_lr, plan, cut, threshold, learn_labels, learn_lr,
+           layer_ranges) -> MatchResult:
+    """Reference-style unroll with the full double-backward graph (memory grows with N)."""
+    img = images.detach().requires_grad_(True)
+    lab = labels.detach().requires_grad_(learn_labels)
+    lr = syn_lr.detach().requires_grad_(learn_lr)
+    theta = start.detach().requires_grad_(True)
+    for idx, draw in zip(plan.batches, plan.draws):
+        n = len(idx)
+        g = None
+        for a, b in student.chunks(n):
+            loss = student.step_loss(theta, student.inputs(img, idx, draw, a, b), _targets(lab, idx, a, b), n)
+            (gk,) = torch.autograd.grad(loss, theta, create_graph=True)
+            g = gk if g is None else g + gk
+        theta = theta - lr * g
+    loss_t = trajectory_distance(theta, start, target, cut)
+    loss = float(loss_t.detach())
+    per_layer = per_layer_distance(theta.detach(), start, target, layer_ranges) if layer_ranges else {}
+    if not (loss <= threshold) or not torch.isfinite(loss_t):
+        return MatchResult(loss, None, per_layer, theta.detach())
+    wrt = [img] + ([lab] if learn_labels else []) + ([lr] if learn_lr else [])
+    parts = torch.autograd.grad(loss_t, wrt, allow_unused=True)
+    grads = {"images": parts[0]}
+    k = 1
+    if learn_labels:
+        grads["labels"] = parts[k]
+        k += 1
+    if learn_lr:
+        grads["lr"] = parts[k] if parts[k] is not None else torch.zeros((), device=images.device)
+    return MatchResult(loss, grads, per_layer, theta.detach())
+
+
+class TrajectoryMatcher:
+    """MTT / DATM / PAD as one matcher: pick an expert and a start epoch, unroll, match, update.
+
+    Randomness of iteration `it` is derived from (seed, it, rank) alone — expert order, start epoch,
+    mini-batches and DSA draws — so a resumed run replays exactly what an uninterrupted run would do.
+    Experts are visited in seeded random permutations (a new one when all were used, like the
+    reference); under torchrun rank r takes the r-th expert of each group of `world` draws.
+    """
+
+    def __init__(self, d, store, student: Student, cut: ParamCut | None, seed: int, n_syn: int,
+                 image_size: tuple[int, int], layer_ranges=None, rank: int = 0, world: int = 1):
+        self.d, self.store, self.student, self.cut = d, store, student, cut
+        self.seed, self.n_syn, self.image_size = seed, n_syn, image_size
+        self.layer_ranges = layer_ranges
+        self.rank, self.world = rank, world
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def expert_for(self, it: int) -> int:
+        from padistill.utils.rng import generator
+
+        n = len(self.store)
+        j = it * self.world + self.rank
+        epoch, pos = divmod(j, n)
+        if epoch not in self._perms:
+            self._perms = {epoch: torch.randperm(n, generator=generator(self.seed, "tm-expert-order", epoch))}
+        return int(self._perms[epoch][pos])
+
+    def step(self, it: int, syn, update) -> dict:
+        from padistill.filters.window import sample_start_epoch
+        from padistill.utils.rng import generator
+
+        d = self.d
+        g = generator(self.seed, "tm-iteration", it, self.rank)
+        e = self.expert_for(it)
+        t = sample_start_epoch(it, d, g)
+        start, target = self.store.pair(e, t, d.expert_epochs, syn.images.device)
+        plan = make_plan(self.n_syn, d.batch_syn, d.syn_steps, self.student.augment, self.image_size, g)
+        res = match_trajectory(self.student, start, target, syn.images, syn.labels, syn.syn_lr, plan, self.cut,
+                               threshold=d.threshold, mode=d.unroll,
+                               learn_labels=syn.learn_labels, learn_lr=syn.learn_lr,
+                               layer_ranges=self.layer_ranges)
+        status = update(res.grads)
+        return {"loss": res.loss, "expert": e, "start_epoch": t, "status": status, "per_layer": res.per_layer}
