@@ -123,8 +123,8 @@ def cmd_distill(args) -> int:
 
     cfg = _resolve(args)
     _init_distributed()
-    run_distill(cfg, prepare(cfg, log=_log), args.out, experts_dir=args.experts, overwrite=args.overwrite,
-                log=_log, show_progress=not args.quiet)
+    run_distill(cfg, prepare(cfg, log=_log), args.out, experts_dir=args.experts, scores_dir=args.scores,
+                overwrite=args.overwrite, log=_log, show_progress=not args.quiet)
     return 0
 
 
@@ -227,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p)
         p.add_argument("--out", required=True, help="output folder of this stage")
         p.add_argument("--overwrite", action="store_true", help="replace a folder that holds a different run")
-        if name == "experts":
-            p.add_argument("--scores", help="scores folder (ordering for the data scheduler)")
+        if name in ("experts", "distill"):
+            p.add_argument("--scores", help="scores folder (difficulty ordering: expert scheduler / DC-DM pruning)")
         if name == "distill":
             p.add_argument("--experts", help="experts folder (trajectory matching)")
         p.set_defaults(fn=fn)

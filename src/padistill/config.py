@@ -422,6 +422,9 @@ def validate(cfg: Config) -> Config:
             raise PadistillError(
                 f"config: start epochs up to {d.max_start_epoch - 1} + expert_epochs {d.expert_epochs} "
                 f"exceed experts.epochs {e.epochs}")
+    if d.method != "tm" and d.select.mode == "loss" and d.select.ratio > 0:
+        raise PadistillError("config: 'distill.select.mode' loss is defined for trajectory matching only; "
+                             "use depth or layer with dc/dm")
     if d.batch_syn is not None and d.batch_syn < 1:
         raise PadistillError("config: 'distill.batch_syn' must be >= 1 or null")
     if not cfg.eval.nets:

@@ -50,7 +50,7 @@ def distill_settings(cfg: Config) -> dict:
     return {"data": to_dict(cfg.data), "net": to_dict(cfg.net), "distill": d}
 
 
-def _build_matcher(cfg: Config, prepared, experts_dir, syn_size: int, rank: int, world: int, log):
+def _build_matcher(cfg: Config, prepared, experts_dir, scores_dir, syn_size: int, rank: int, world: int, log):
     """Student network + FIEM cut + matcher for the configured method."""
     from padistill.context import build_net, make_augment
     from padistill.filters.params import param_cut
@@ -80,7 +80,8 @@ def _build_matcher(cfg: Config, prepared, experts_dir, syn_size: int, rank: int,
     if d.method in ("dc", "dm"):
         from padistill.match.feature import build_feature_matcher
 
-        matcher = build_feature_matcher(cfg, prepared, augment, cut, rank=rank, world=world, log=log)
+        matcher = build_feature_matcher(cfg, prepared, augment, cut, scores_dir=scores_dir, rank=rank, world=world,
+                                        log=log)
         return matcher, model, layout, None
     raise PadistillError(f"distill.method: unknown method {d.method!r}")
 
@@ -119,7 +120,8 @@ def _trim_metrics(path: Path, upto: int) -> None:
 
 
 def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | Path | None = None,
-                overwrite: bool = False, log=print, show_progress: bool = True) -> Path:
+                scores_dir: str | Path | None = None, overwrite: bool = False, log=print,
+                show_progress: bool = True) -> Path:
     out = Path(out_dir)
     d = cfg.distill
     rank, world = rank_world()
@@ -128,6 +130,11 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
         if experts_dir is None:
             raise PadistillError("distill: trajectory matching needs --experts DIR (output of `padistill experts`)")
         inputs["experts"] = require_complete(experts_dir, "experts")["key"]
+    elif d.prune.mode != "none" and d.prune.ratio > 0:
+        if scores_dir is None:
+            raise PadistillError(
+                f"distill: distill.prune.mode={d.prune.mode} needs --scores DIR (a difficulty ordering)")
+        inputs["scores"] = require_complete(scores_dir, "scores")["key"]
     stage = StageDir(out, "distill", distill_settings(cfg), inputs, cfg.seed, dump_yaml(cfg))
     state = stage.begin(overwrite=overwrite) if rank == 0 else "running"
     if world > 1:
@@ -137,7 +144,8 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
         return out
 
     syn_size = prepared.num_classes * d.ipc
-    matcher, model, layout, store = _build_matcher(cfg, prepared, experts_dir, syn_size, rank, world, log)
+    matcher, model, layout, store = _build_matcher(cfg, prepared, experts_dir, scores_dir, syn_size, rank, world,
+                                                   log)
     ckpt_path = out / CHECKPOINT
     counters = {"skipped": 0, "nonfinite": 0, "bad_streak": 0, "applied": 0}
     best = None

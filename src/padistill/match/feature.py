@@ -1,0 +1,205 @@
+"""Gradient matching (DC / DSA) and distribution matching (DM) with PAD's two filters (paper App. A.1).
+
+Input per iteration: a freshly initialised network, per-class batches of real images (drawn only from
+the FIEX-pruned pool) and the synthetic images of the class. Output: gradients w.r.t. the synthetic
+images, applied by the shared distillation loop (`syn.apply`), which also handles resume, metrics,
+divergence and torchrun averaging exactly as for trajectory matching.
+
+- DC (Zhao et al. 2021), DSA when augmentation is on: per class, the gradient of the CE loss of the
+  network on real data and on synthetic data are compared layer by layer with DC's distance
+  sum over output units of (1 - cos(g_real, g_syn)) (weights reshaped to [out, -1]; 1-D tensors such as
+  biases and norm scales contribute nothing, as in DC). `outer_loop` image updates per iteration, with
+  `inner_loop` epochs of network training on the synthetic set between them. DSA uses the same draw
+  for the real and the synthetic batch (siamese).
+- DM (Zhao & Bilen 2023): per class, || mean embed(real) - mean embed(syn) ||^2 with a fresh network
+  whose weights are not trained.
+- FIEM: the same `ParamCut` as trajectory matching. DC drops the masked (shallow) part of every
+  gradient from the distance — a cut inside a tensor drops whole output units plus the masked columns
+  of one unit — so masked parameters contribute nothing and get no gradient. DM with alpha > 0 matches
+  the mean output of every block whose parameters are not all masked (logits excluded); alpha = 0 is
+  standard DM (the final embedding only).
+- FIEX: `distill.prune` removes the hardest (small IPC) or easiest (large IPC) share of every class by
+  the difficulty ordering of a scores folder (`filters.prune_ordering`); pruned samples are never drawn.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from padistill.errors import PadistillError
+from padistill.filters.params import ParamCut, kept_layers
+from padistill.filters.schedule import prune_ordering
+from padistill.utils.rng import generator
+
+
+def dc_distance(g_syn: list[torch.Tensor], g_real: list[torch.Tensor], offsets: list[int],
+                cut: ParamCut | None) -> torch.Tensor:
+    """DC's layer-wise distance over the kept (deep) parameters."""
+    total = g_syn[0].new_zeros(())
+    start = cut.start if cut is not None else 0
+    for gs, gr, off in zip(g_syn, g_real, offsets):
+        if gs.ndim == 1:
+            continue  # DC ignores biases / norm parameters
+        gs2, gr2 = gs.reshape(gs.shape[0], -1), gr.reshape(gr.shape[0], -1)
+        width = gs2.shape[1]
+        first = start - off  # masked prefix length inside this tensor
+        if first >= gs.numel():
+            continue
+        if first > 0:
+            row, col = divmod(first, width)
+            gs2, gr2 = gs2[row:], gr2[row:]
+            if col:
+                keep = torch.ones_like(gs2)
+                keep[0, :col] = 0
+                gs2, gr2 = gs2 * keep, gr2 * keep
+        cos = (gs2 * gr2).sum(1) / (gs2.norm(dim=1) * gr2.norm(dim=1) + 1e-6)
+        total = total + (1 - cos).sum()
+    return total
+
+
+class _ClassPools:
+    """Per-class index pools of real images (after FIEX pruning) and seeded batch drawing."""
+
+    def __init__(self, prepared, ordering: torch.Tensor | None):
+        if ordering is None:
+            self.pools = [idx for idx in prepared.class_indices()]
+        else:
+            self.pools = [row.clone() for row in ordering]
+        self.x = prepared.x_train
+
+    def batch(self, c: int, n: int, g: torch.Generator) -> torch.Tensor:
+        pool = self.pools[c]
+        pick = pool[torch.randperm(len(pool), generator=g)[:n]]
+        return self.x[pick.to(self.x.device)]
+
+
+class _FeatureMatcher:
+    def __init__(self, cfg, prepared, augment, cut: ParamCut, pools: _ClassPools, rank: int, world: int):
+        self.cfg, self.d, self.prepared = cfg, cfg.distill, prepared
+        self.augment, self.cut, self.pools = augment, cut, pools
+        self.rank, self.world = rank, world
+
+    def _net(self, it: int, tag: str):
+        from padistill.context import build_net
+
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator(self.cfg.seed, tag, it, self.rank)))
+        return build_net(self.prepared, seed=seed)
+
+    def _aug_pair(self, real: torch.Tensor, syn: torch.Tensor, g: torch.Generator):
+        if self.augment is None:
+            return real, syn
+        draw = self.augment.sample(1, self.prepared.image_size, g, shared=True)
+        return self.augment.apply(real, draw), self.augment.apply(syn, draw)
+
+
+class GradientMatcher(_FeatureMatcher):
+    name = "dc"
+
+    def step(self, it: int, syn, update) -> dict:
+        from padistill.nets import param_layout
+        from padistill.training import train_epoch
+
+        d = self.d
+        g = generator(self.cfg.seed, "dc-iteration", it, self.rank)
+        net = self._net(it, "dc-net")
+        params = list(net.parameters())
+        offsets = param_layout(net).offsets
+        net_opt = torch.optim.SGD(net.parameters(), lr=d.net_lr, momentum=0.5)
+        C, ipc = syn.num_classes, syn.ipc
+        losses, status = [], "skipped"
+        for ol in range(d.outer_loop):
+            grads = torch.zeros_like(syn.images)
+            total = 0.0
+            for c in range(C):
+                real = self.pools.batch(c, d.batch_real, g)
+                syn_c = syn.images[c * ipc:(c + 1) * ipc].detach().requires_grad_(True)
+                xr, xs = self._aug_pair(real, syn_c, g)
+                yr = torch.full((len(xr),), c, device=xr.device, dtype=torch.long)
+                ys = torch.full((len(xs),), c, device=xs.device, dtype=torch.long)
+                g_real = [t.detach() for t in torch.autograd.grad(F.cross_entropy(net(xr), yr), params)]
+                g_syn = torch.autograd.grad(F.cross_entropy(net(xs), ys), params, create_graph=True)
+                loss = dc_distance(list(g_syn), g_real, offsets, self.cut)
+                if loss.requires_grad:
+                    (gi,) = torch.autograd.grad(loss, syn_c)
+                    grads[c * ipc:(c + 1) * ipc] = gi
+                total += float(loss.detach())
+            losses.append(total / C)
+            status = update({"images": grads})
+            if ol == d.outer_loop - 1:
+                break
+            y_syn = syn.class_of_rows()
+            x_syn = syn.images.detach()
+            for _ in range(d.inner_loop):
+                train_epoch(net, net_opt, x_syn, y_syn, batch=256, generator=g, augment=self.augment,
+                            microbatch=None)
+        return {"loss": sum(losses) / len(losses), "status": status}
+
+
+class DistributionMatcher(_FeatureMatcher):
+    name = "dm"
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        from padistill.context import build_net
+        from padistill.nets import param_layout
+
+        probe = build_net(self.prepared, seed=0)
+        stages = param_layout(probe).stage_ranges(probe)
+        # stage i <-> features_by_layer(x)[i]; the last stage is the classifier (logits): never matched
+        self.layers = [i for i in kept_layers(self.cut, [(a, b) for _, a, b in stages]) if i < len(stages) - 1]
+        self.embed_only = self.cut.start == 0
+        self.layer_names = [stages[i][0] for i in self.layers]
+
+    def _features(self, net, x):
+        if self.embed_only:
+            return [net.embed(x)]
+        outs = net.features_by_layer(x)
+        return [outs[i] for i in self.layers]
+
+    def step(self, it: int, syn, update) -> dict:
+        d = self.d
+        g = generator(self.cfg.seed, "dm-iteration", it, self.rank)
+        net = self._net(it, "dm-net")
+        for p in net.parameters():
+            p.requires_grad_(False)
+        C, ipc = syn.num_classes, syn.ipc
+        grads = torch.zeros_like(syn.images)
+        total = 0.0
+        for c in range(C):
+            real = self.pools.batch(c, d.batch_real, g)
+            syn_c = syn.images[c * ipc:(c + 1) * ipc].detach().requires_grad_(True)
+            xr, xs = self._aug_pair(real, syn_c, g)
+            with torch.no_grad():
+                fr = [f.mean(0) for f in self._features(net, xr)]
+            fs = [f.mean(0) for f in self._features(net, xs)]
+            loss = sum(((a - b) ** 2).sum() for a, b in zip(fr, fs))
+            (gi,) = torch.autograd.grad(loss, syn_c)
+            grads[c * ipc:(c + 1) * ipc] = gi
+            total += float(loss.detach())
+        status = update({"images": grads})
+        return {"loss": total / C, "status": status}
+
+
+def build_feature_matcher(cfg, prepared, augment, cut: ParamCut, scores_dir=None, rank: int = 0, world: int = 1,
+                          log=print):
+    d = cfg.distill
+    ordering = None
+    if d.prune.mode != "none" and d.prune.ratio > 0:
+        from padistill.utils.io import load_tensors, require_tensor
+
+        path = Path(scores_dir) / "ordering.pt"
+        full = require_tensor(load_tensors(path, "difficulty ordering"), str(path), dtype=torch.int64, ndim=2)
+        if full.shape[0] != prepared.num_classes:
+            raise PadistillError(f"{path}: {full.shape[0]} rows for {prepared.num_classes} classes")
+        ordering = prune_ordering(full, d.prune.mode, d.prune.ratio)
+        which = {"hard": "hardest", "easy": "easiest"}[d.prune.mode]
+        log(f"{d.method}: FIEX removes the {d.prune.ratio:.0%} {which} samples of every class "
+            f"({full.shape[1]} -> {ordering.shape[1]} per class)")
+    if cut.start > 0:
+        log(f"{d.method}: FIEM masks the first {cut.start} of {cut.total} parameters ({cut.ratio:.0%})")
+    pools = _ClassPools(prepared, ordering)
+    cls = GradientMatcher if d.method == "dc" else DistributionMatcher
+    return cls(cfg, prepared, augment, cut, pools, rank, world)
