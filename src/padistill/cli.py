@@ -308,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("padistill: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `padistill list presets | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except FileNotFoundError as e:  # anything not caught closer to the source
         print(f"padistill: error: {Path(e.filename or '')}: {e.strerror}", file=sys.stderr)
         return 2
