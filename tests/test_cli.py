@@ -12,7 +12,8 @@ def test_list_and_config(capsys):
     assert main(["list", "nets"]) == 0
     assert "convnet" in capsys.readouterr().out.split()
     assert main(["list", "datasets"]) == 0
-    assert {"cifar10", "cifar100", "tinyimagenet", "imagefolder", "npz", "digits"} <= set(capsys.readouterr().out.split())
+    names = set(capsys.readouterr().out.split())
+    assert {"cifar10", "cifar100", "tinyimagenet", "imagefolder", "npz", "digits"} <= names
     assert main(["list", "presets"]) == 0
     assert "pad/cifar10-ipc10" in capsys.readouterr().out
     assert main(["config", "--preset", "pad", "--set", "distill.ipc=1"]) == 0
