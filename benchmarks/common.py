@@ -68,3 +68,28 @@ def run_isolated(module: str, case: dict) -> dict:
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1], **case}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fake_expert_folder(folder, model, epochs: int, num: int, seed: int = 0):
+    """An experts folder with random-walk trajectories (timings do not depend on the values)."""
+    from pathlib import Path
+
+    from padistill.experts.storage import LAYOUT_FILE, save_expert
+    from padistill.nets import param_layout
+    from padistill.utils.io import atomic_write_json
+    from padistill.utils.manifest import StageDir
+
+    folder = Path(folder)
+    layout = param_layout(model)
+    stage = StageDir(folder, "experts", {"benchmark": "random-walk", "epochs": epochs, "num": num}, {}, seed)
+    stage.begin(overwrite=True)
+    g = torch.Generator().manual_seed(seed)
+    for k in range(num):
+        theta = layout.flatten([p.detach() for p in model.parameters()])
+        rows = [theta]
+        for _ in range(epochs):
+            rows.append(rows[-1] + 1e-3 * torch.randn(theta.shape, generator=g))
+        save_expert(folder, k, torch.stack(rows), {"benchmark": True})
+    atomic_write_json(folder / LAYOUT_FILE, {"names": list(layout.names), "shapes": [list(s) for s in layout.shapes]})
+    stage.complete()
+    return folder
