@@ -54,11 +54,14 @@ def accumulate_gradients(model: nn.Module, x: torch.Tensor, targets: torch.Tenso
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, targets: torch.Tensor,
                 batch: int, generator: torch.Generator, augment=None, microbatch: int | None = 64,
-                indices: torch.Tensor | None = None, loss_fn: Callable = label_loss) -> dict[str, float]:
+                indices: torch.Tensor | None = None, loss_fn: Callable = label_loss,
+                relabel: Callable | None = None) -> dict[str, float]:
     """One epoch over `indices` (default: all rows) in a seeded random order.
 
     DSA (if given) draws from the same generator once per batch. Optimisers that need to re-evaluate
-    the same batch (GSAM) receive a closure; plain optimisers just step.
+    the same batch (GSAM) receive a closure; plain optimisers just step. `relabel(xb, tb)`, if given,
+    replaces the targets of each batch after augmentation (knowledge distillation: the teacher's logits
+    on the same augmented images the student sees).
     """
     model.train()
     idx = indices if indices is not None else torch.arange(len(x))
@@ -71,6 +74,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
         xb, tb = x[bidx], targets[bidx]
         if augment is not None:
             xb = augment(xb, generator)
+        if relabel is not None:
+            tb = relabel(xb, tb)
 
         def closure(xb=xb, tb=tb):
             optimizer.zero_grad(set_to_none=True)

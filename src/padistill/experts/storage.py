@@ -119,6 +119,10 @@ class ExpertStore:
             raise PadistillError(f"{self.files[i]}: epoch {epoch} out of range 0..{self.epochs}")
         return p[e].to(device=device, dtype=torch.float32, copy=True)
 
+    def trajectory(self, i: int) -> torch.Tensor:
+        """The whole [E+1, P] tensor of expert i as stored (memory-mapped: rows are read when used)."""
+        return self._open(i)["params"]
+
     def pair(self, i: int, start: int, span: int, device: torch.device | str = "cpu"):
         """(theta_start, theta_target) = checkpoints `start` and `start + span` of expert i."""
         return self.checkpoint(i, start, device), self.checkpoint(i, start + span, device)

@@ -10,7 +10,8 @@ only works for CIFAR-10):
   R1 < e <= R2   drop the first floor(r1*K) columns (the easiest r1 of every class, in one shot)
   e > R2         drop the first floor(r2*K) columns (r2 is the TOTAL removed share)
 Classes stay balanced in every epoch. The float expression is evaluated exactly as the reference does
-so that the per-epoch counts match it (e.g. CIFAR-10: 3750, 3812, 3875, 3937, ..., 5000, 4500, 4000).
+so that the per-epoch counts match it (e.g. CIFAR-10: 3750, 3812, 3875, 3937, ..., 5000, 4500, 4000), except
+that e = AEE always gives the full set (the float expression can fall one ulp short of 1 for some IR/AEE).
 """
 
 from __future__ import annotations
@@ -28,9 +29,13 @@ def kept_columns(epoch: int, n_per_class: int, schedule) -> tuple[int, int]:
     if schedule is None or not schedule.enabled:
         return 0, K
     ir, aee = schedule.init_ratio, schedule.add_end_epoch
-    if epoch <= aee:
-        p = 1.0 if aee <= 0 else min(1.0, ir + (1 - ir) * epoch / aee)
+    if epoch < aee:
+        p = min(1.0, ir + (1 - ir) * epoch / aee)
         return 0, max(1, int(p * K))
+    if epoch == aee:
+        # The float expression can land one ulp below 1 here (e.g. IR 0.3031..., AEE 47 gives K - 1);
+        # the scheduler's contract (spec §1.5, §8.3) is the full set at AEE. Exact for the published settings.
+        return 0, K
     if epoch <= schedule.rm_epoch_first:
         return 0, K
     ratio = schedule.rm_easy_ratio_first if epoch <= schedule.rm_epoch_second else schedule.rm_easy_ratio_second
@@ -51,6 +56,8 @@ def prune_ordering(ordering: torch.Tensor, mode: str, ratio: float) -> torch.Ten
 
     Returns the kept part of the ordering, still `[C, K']` with column 0 = easiest.
     """
+    if mode not in ("none", "hard", "easy"):
+        raise PadistillError(f"prune: mode must be none, hard or easy; got {mode!r}")
     K = ordering.shape[1]
     drop = math.floor(ratio * K)
     if mode == "none" or drop == 0:
@@ -59,6 +66,4 @@ def prune_ordering(ordering: torch.Tensor, mode: str, ratio: float) -> torch.Ten
         raise PadistillError(f"prune: removing {ratio:.0%} of {K} samples per class leaves none")
     if mode == "hard":
         return ordering[:, : K - drop]
-    if mode == "easy":
-        return ordering[:, drop:]
-    raise PadistillError(f"prune: mode must be none, hard or easy; got {mode!r}")
+    return ordering[:, drop:]

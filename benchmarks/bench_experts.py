@@ -1,0 +1,84 @@
+"""One expert epoch on the full CIFAR-10 training set (50,000 images, batch 256, DSA, ZCA), SGD and GSAM (issue 3).
+
+    python -m benchmarks.bench_experts [--data-root ../shared/data] [--epochs 2] [--optimizers sgd gsam]
+
+Each optimiser runs in a fresh process (its own peak RSS) through the real expert code path
+(`experts.train.make_optimizer` + `training.train_epoch`, ConvNet-3 width 128, micro-batches of
+`experts.microbatch`), after one warm-up batch. Prints the median and every epoch time with the machine load.
+Targets on the 2-core development machine: < 115 s (SGD) and < 230 s (GSAM) per epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from benchmarks.common import banner, loadavg, peak_rss_gib, run_isolated
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_case(case: dict) -> dict:
+    import torch
+
+    from padistill.config import load_config
+    from padistill.context import build_net, make_augment, prepare
+    from padistill.experts.train import make_optimizer
+    from padistill.training import train_epoch
+    from padistill.utils.allocator import tune_cpu_allocator
+    from padistill.utils.rng import generator
+
+    if case.get("tune_malloc", True):
+        tune_cpu_allocator()  # what run_experts does on the CPU
+    cfg = load_config(preset="pad/cifar10-ipc10", overrides=[
+        f"data.root={case['data_root']}", "device=cpu", f"experts.optimizer={case['optimizer']}"])
+    t = time.perf_counter()
+    prepared = prepare(cfg, log=lambda *_: None)
+    load_s = time.perf_counter() - t
+    model = build_net(prepared, seed=0)
+    opt = make_optimizer(cfg, model)
+    g = generator(0, "bench-experts")
+    augment = make_augment(True)
+    x, y = prepared.x_train, prepared.y_train
+    e = cfg.experts
+    train_epoch(model, opt, x, y, e.batch, g, augment=augment, microbatch=e.microbatch,
+                indices=torch.arange(e.batch))  # warm-up: one batch
+    times, loads = [], []
+    cpu0 = time.process_time()
+    for _ in range(case["epochs"]):
+        t = time.perf_counter()
+        stats = train_epoch(model, opt, x, y, e.batch, g, augment=augment, microbatch=e.microbatch)
+        times.append(time.perf_counter() - t)
+        loads.append(loadavg())
+    cpu = time.process_time() - cpu0
+    return {"optimizer": case["optimizer"], "images": stats["samples"], "epoch_s": [round(s, 1) for s in times],
+            "median_s": round(statistics.median(times), 1), "train_acc_last": round(stats["acc"], 4),
+            "load_during": loads, "prepare_s": round(load_s, 1), "peak_rss_gib": round(peak_rss_gib(), 2),
+            "threads": torch.get_num_threads(), "malloc_tuned": case.get("tune_malloc", True),
+            "cpu_s_per_epoch": round(cpu / len(times), 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--optimizers", nargs="+", default=["sgd", "gsam"])
+    ap.add_argument("--no-malloc-tune", action="store_true", help="leave glibc's allocator thresholds alone")
+    ap.add_argument("--case")
+    args = ap.parse_args()
+    if args.case:
+        print(json.dumps(run_case(json.loads(args.case))))
+        return
+    banner("expert epoch, CIFAR-10 50k, ConvNet-3 w128, batch 256, DSA, ZCA", epochs=args.epochs)
+    for opt in args.optimizers:
+        print(json.dumps(run_isolated("benchmarks.bench_experts",
+                                      {"optimizer": opt, "epochs": args.epochs, "data_root": args.data_root,
+                                       "tune_malloc": not args.no_malloc_tune})),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
