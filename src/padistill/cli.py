@@ -101,6 +101,7 @@ def cmd_scores(args) -> int:
     from padistill.scores import run_scores
 
     cfg = _resolve(args)
+    _init_distributed()  # under torchrun each rank trains its share of the scoring models
     run_scores(cfg, prepare(cfg, log=_log), args.out, overwrite=args.overwrite, log=_log,
                show_progress=not args.quiet)
     return 0
@@ -143,7 +144,7 @@ def cmd_eval(args) -> int:
     from padistill.evaluate import run_eval
 
     run_eval(args.run_dir, overrides=args.overrides, nets=args.nets, runs=args.runs, epochs=args.epochs,
-             device=args.device, data_root=args.data_root, baseline=not args.no_baseline, out=args.out,
+             device=args.device, data_root=args.data_root, baseline=False if args.no_baseline else None, out=args.out,
              log=_log, show_progress=not args.quiet)
     return 0
 
@@ -181,7 +182,7 @@ def cmd_buffers(args) -> int:
 
     if args.direction == "import":
         import_replay_buffers(args.src, args.out, net=args.net, num_classes=args.num_classes,
-                              channels=args.channels, im_size=args.im_size, log=_log)
+                              channels=args.channels, im_size=args.im_size, overwrite=args.overwrite, log=_log)
     else:
         export_replay_buffers(args.src, args.out, per_file=args.per_file, log=_log)
     return 0
@@ -190,7 +191,8 @@ def cmd_buffers(args) -> int:
 def cmd_export(args) -> int:
     from padistill.export import export_set
 
-    export_set(args.run_dir, args.out, fmt=args.format, space=args.space, log=_log)
+    export_set(args.run_dir, args.out, fmt=args.format, space=args.space, log=_log,
+               prefix="best_" if args.best else "")
     return 0
 
 
@@ -198,7 +200,7 @@ def cmd_import(args) -> int:
     from padistill.export import import_set
 
     import_set(args.src, args.out, fmt=args.format, space=args.space, dataset=args.dataset,
-               data_root=args.data_root, lr=args.lr, log=_log)
+               data_root=args.data_root, lr=args.lr, log=_log, preprocess=args.preprocess, overwrite=args.overwrite)
     return 0
 
 
@@ -274,14 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--im-size", type=int, default=32)
     p.add_argument("--per-file", type=int, default=10, help="trajectories per replay_buffer file (export)")
+    p.add_argument("--overwrite", action="store_true", help="import: replace a folder that holds another run")
     p.set_defaults(fn=cmd_buffers)
 
     p = sub.add_parser("export", help="export a distilled set (DD-Ranking tensors or an ImageFolder of PNGs)")
     p.add_argument("run_dir")
     p.add_argument("out")
     p.add_argument("--format", choices=["ddranking", "imagefolder"], default="ddranking")
-    p.add_argument("--space", choices=["model", "pixel"], default="model",
-                   help="model: the ZCA/normalised space it was distilled in; pixel: de-whitened [0,1]")
+    p.add_argument("--space", choices=["model", "pixel"], default=None,
+                   help="model (ddranking default): the ZCA/normalised space it was distilled in; "
+                        "pixel (imagefolder, always): de-whitened [0,1]")
+    p.add_argument("--best", action="store_true", help="export best_*.pt (the set selected on validation)")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("import", help="import a distilled set (DD-Ranking tensors / MTT-DATM-PAD files / PNGs)")
@@ -293,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="dataset the set was distilled from (for its transform)")
     p.add_argument("--data-root")
     p.add_argument("--lr", type=float, help="student lr when the source has no lr.pt")
+    p.add_argument("--preprocess", choices=["zca", "normalize", "none"],
+                   help="model space that pixel images are converted into (default: zca)")
+    p.add_argument("--overwrite", action="store_true", help="replace a folder that holds another import")
     p.set_defaults(fn=cmd_import)
     return ap
 

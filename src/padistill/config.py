@@ -169,6 +169,10 @@ class EvalConfig:
     baseline: bool = True  # also evaluate a random real subset of the same size
     kd_teacher: str | None = None  # knowledge-distillation evaluation: 'expert' or a checkpoint path
     kd_temperature: float = 4.0
+    # speed only (results equal up to float rounding): forward/backward in chunks of this many images
+    # (instance-norm nets; BatchNorm nets always use the whole batch; 0 = whole batch)
+    microbatch: int = 25
+    test_batch: int = 32  # images per forward pass when testing (cache-sized batches are ~2x faster on CPU)
 
 
 @dataclass
@@ -393,13 +397,13 @@ def validate(cfg: Config) -> Config:
     d, e = cfg.distill, cfg.experts
     positive = {"distill.ipc": d.ipc, "experts.epochs": e.epochs, "experts.batch": e.batch,
                 "eval.runs": cfg.eval.runs, "eval.batch": cfg.eval.batch, "scores.models": cfg.scores.models,
-                "experts.microbatch": e.microbatch}
+                "experts.microbatch": e.microbatch, "eval.test_batch": cfg.eval.test_batch}
     for k, v in positive.items():
         if v < 1:
             raise PadistillError(f"config: '{k}' must be >= 1; got {v}")
     nonneg = {"distill.iterations": d.iterations, "distill.syn_steps": d.syn_steps, "experts.num": e.num,
               "eval.epochs": cfg.eval.epochs, "distill.microbatch": d.microbatch, "scores.epochs": cfg.scores.epochs,
-              "data.val_per_class": cfg.data.val_per_class}
+              "data.val_per_class": cfg.data.val_per_class, "eval.microbatch": cfg.eval.microbatch}
     for k, v in nonneg.items():
         if v < 0:
             raise PadistillError(f"config: '{k}' must be >= 0; got {v}")
@@ -429,6 +433,10 @@ def validate(cfg: Config) -> Config:
         raise PadistillError("config: 'distill.batch_syn' must be >= 1 or null")
     if not cfg.eval.nets:
         raise PadistillError("config: 'eval.nets' must name at least one network")
+    if not cfg.eval.kd_temperature > 0:
+        raise PadistillError(f"config: 'eval.kd_temperature' must be > 0; got {cfg.eval.kd_temperature}")
+    if cfg.eval.lr is not None and not cfg.eval.lr > 0:
+        raise PadistillError(f"config: 'eval.lr' must be > 0 or null; got {cfg.eval.lr}")
     return cfg
 
 

@@ -1,0 +1,97 @@
+"""Evaluation speed (issue 5): one protocol epoch on an IPC-10 CIFAR-10-shaped set and one test pass.
+
+    nice -n 10 python -m benchmarks.bench_eval [--threads 1 2] [--reps 7] [--microbatch 25 50 0]
+                                                [--test-batch 32 64 256] [--test-images 10000]
+
+Epoch: ConvNet-3 (width 128, instance norm), 100 images 3x32x32, soft labels (soft CE), DSA, SGD with
+momentum and weight decay, through the real code path (`training.train_epoch`, micro-batched) — against
+the reference's way in the same process: the whole batch at once with PyTorch's own GroupNorm.
+Test pass: `training.accuracy` over `--test-images` images in `--test-batch` chunks, against batches of
+256 with GroupNorm. Cases are interleaved rep by rep (a shared machine's load hits all of them alike);
+medians are printed with the load average. Timings do not depend on the values, so the tensors are random.
+Targets (2-core development machine): epoch well under 0.125 s, 10,000-image test pass well under 10 s
+(reference measured at 0.25 s and 21 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from benchmarks.common import banner, loadavg
+
+
+def build(native: bool):
+    from padistill.nets import build as build_net
+
+    old = os.environ.get("PADISTILL_NATIVE_NORM")
+    os.environ["PADISTILL_NATIVE_NORM"] = "1" if native else "0"
+    try:
+        return build_net("convnet", 10, 3, (32, 32), seed=0)
+    finally:
+        if old is None:
+            os.environ.pop("PADISTILL_NATIVE_NORM")
+        else:
+            os.environ["PADISTILL_NATIVE_NORM"] = old
+
+
+def main() -> None:
+    from padistill.augment import DSA
+    from padistill.training import accuracy, train_epoch
+    from padistill.utils.rng import generator
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--microbatch", type=int, nargs="+", default=[25, 50], help="0 = whole batch")
+    ap.add_argument("--test-batch", type=int, nargs="+", default=[32, 64])
+    ap.add_argument("--test-images", type=int, default=10000)
+    ap.add_argument("--test-reps", type=int, default=2)
+    args = ap.parse_args()
+    banner("bench_eval", threads=args.threads, reps=args.reps, microbatch=args.microbatch,
+           test_batch=args.test_batch, test_images=args.test_images)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 3, 32, 32, generator=g)
+    soft = torch.randn(100, 10, generator=g)
+    xt = torch.randn(args.test_images, 3, 32, 32, generator=g)
+    yt = torch.randint(0, 10, (args.test_images,), generator=g)
+    dsa = DSA()
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        cases = {f"ours mb={mb or 'all'}": (build(False), mb or None) for mb in args.microbatch}
+        cases["reference (whole batch, GroupNorm)"] = (build(True), None)
+        opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+                for k, (m, _) in cases.items()}
+        times: dict[str, list[float]] = {k: [] for k in cases}
+        loads = []
+        for rep in range(args.reps + 1):
+            for k, (m, mb) in cases.items():
+                t = time.perf_counter()
+                train_epoch(m, opts[k], x, soft, 128, generator(0, "bench", rep), augment=dsa, microbatch=mb)
+                if rep:  # rep 0 warms up
+                    times[k].append(time.perf_counter() - t)
+            loads.append(loadavg())
+        print(f"\n## epoch, IPC-10 set (100 images), DSA, soft CE, {threads} thread(s), load {max(loads):.2f}")
+        for k, ts in times.items():
+            print(f"{k:40s} median {statistics.median(ts):.3f} s   min {min(ts):.3f} s")
+        tcases = {f"ours test_batch={b}": (cases[next(iter(cases))][0], b) for b in args.test_batch}
+        tcases["reference (batch 256, GroupNorm)"] = (cases["reference (whole batch, GroupNorm)"][0], 256)
+        ttimes: dict[str, list[float]] = {k: [] for k in tcases}
+        loads = []
+        for _ in range(args.test_reps):
+            for k, (m, b) in tcases.items():
+                t = time.perf_counter()
+                accuracy(m, xt, yt, batch=b)
+                ttimes[k].append(time.perf_counter() - t)
+            loads.append(loadavg())
+        print(f"\n## test pass, {args.test_images} images, {threads} thread(s), load {max(loads):.2f}")
+        for k, ts in ttimes.items():
+            print(f"{k:40s} median {statistics.median(ts):.2f} s   min {min(ts):.2f} s")
+
+
+if __name__ == "__main__":
+    main()

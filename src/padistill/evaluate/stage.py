@@ -1,0 +1,211 @@
+"""`padistill eval RUN_DIR`: the evaluation stage (spec §4; paper Tables 1, 2, 3a, 9).
+
+Input: a distill folder (images.pt, labels.pt, lr.pt, preprocess.pt, config.yaml, manifest.json — or an
+imported set in the same format) or a run folder containing `distill/`.
+Output: an `eval/` folder (default: beside the distill folder) with
+    manifest.json, config.yaml   stage manifest (reused when settings and inputs match; resumed per run)
+    results.json                 every run's accuracy, mean / std / n per cell, improvements, settings
+    table.md                     the table (rows: distilled [, best on validation], random baseline
+                                 [, KD rows]; columns: eval.nets) with the protocol stated under it
+    partial.json                 accuracies finished so far (an interrupted evaluation resumes here)
+
+The data are re-prepared from the set's own config, and the set's `preprocess.pt` must equal the
+transform the data were prepared with (`check_space`): a ZCA set can never be tested on normalised
+data or with another dataset's ZCA. The test split is used once per network, at the end of training.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import yaml
+
+from padistill.config import dump_yaml, from_dict, parse_override, to_dict
+from padistill.errors import PadistillError
+from padistill.evaluate.api import cross_arch
+from padistill.evaluate.protocol import Protocol
+from padistill.evaluate.sets import BASELINE_LR, EvalSet, check_space, load_teacher, random_subset
+from padistill.utils.io import atomic_write_json, atomic_write_text, read_json, sha256_file
+from padistill.utils.manifest import StageDir, read_manifest
+
+SET_STAGES = ("distill", "import")  # folders that hold a distilled set in our format
+
+
+def find_distill_dir(run_dir: str | Path) -> Path:
+    """The distilled-set folder: `run_dir` itself or `run_dir/distill`."""
+    run_dir = Path(run_dir)
+    for cand in (run_dir, run_dir / "distill"):
+        if (cand / "images.pt").is_file():
+            return cand
+    if not run_dir.exists():
+        raise PadistillError(f"{run_dir}: folder not found")
+    raise PadistillError(f"{run_dir}: no distilled set (images.pt) here or in {run_dir / 'distill'}")
+
+
+def read_set_config(folder: Path):
+    """The resolved config a distilled-set folder was made with (its config.yaml)."""
+    path = folder / "config.yaml"
+    if not path.is_file():
+        raise PadistillError(f"{path}: not found; the set's dataset and preprocessing are unknown")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise PadistillError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise PadistillError(f"{path}: expected a mapping at the top level")
+    return from_dict(data, where=str(path))
+
+
+def apply_overrides(cfg, overrides) -> object:
+    """`a.b=c` strings applied to a resolved config (same rules as `--set`)."""
+    for text in overrides or ():
+        keys, value = parse_override(text)
+        d = to_dict(cfg)
+        node = d
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
+        cfg = from_dict(d, where=f"--set {text}")
+    return cfg
+
+
+def _check_set_folder(folder: Path) -> dict:
+    m = read_manifest(folder)
+    if m is None:
+        raise PadistillError(f"{folder}: no manifest.json; expected the output of `padistill distill` or "
+                             "`padistill import`")
+    if m["stage"] not in SET_STAGES:
+        raise PadistillError(f"{folder}: is a '{m['stage']}' folder, expected a distill or import folder")
+    if m.get("status") != "complete":
+        raise PadistillError(f"{folder}: the {m['stage']} stage did not finish; re-run it to resume")
+    return m
+
+
+def _file_hashes(folder: Path, names) -> dict:
+    return {n: sha256_file(folder / n) for n in names if (folder / n).is_file()}
+
+
+def run_eval(run_dir: str | Path, overrides=(), nets=None, runs: int | None = None, epochs: int | None = None,
+             device: str | None = None, data_root: str | None = None, baseline: bool | None = None,
+             out: str | Path | None = None, log=print, show_progress: bool = True, prepared=None,
+             overwrite: bool = False) -> Path:
+    """Evaluate a distilled set (and best_*.pt, the random baseline, KD rows) on eval.nets; returns the
+    eval folder. `prepared`: data already prepared with the run's config (the pipeline)."""
+    from padistill.artifacts import load_distilled
+    from padistill.context import prepare
+
+    t0 = time.perf_counter()
+    folder = find_distill_dir(run_dir)
+    manifest = _check_set_folder(folder)
+    cfg = copy.deepcopy(prepared.config) if prepared is not None else read_set_config(folder)
+    extra = list(overrides or ())
+    if nets:
+        extra.append("eval.nets=[" + ", ".join(nets) + "]")
+    if runs is not None:
+        extra.append(f"eval.runs={int(runs)}")
+    if epochs is not None:
+        extra.append(f"eval.epochs={int(epochs)}")
+    if device:
+        extra.append(f"device={device}")
+    if data_root:
+        extra.append(f"data.root={data_root}")
+    if baseline is not None:
+        extra.append(f"eval.baseline={'true' if baseline else 'false'}")
+    cfg = apply_overrides(cfg, extra)
+    if prepared is None:
+        prepared = prepare(cfg, log=log)
+    syn = load_distilled(folder, num_classes=prepared.num_classes)
+    check_space(syn.pre, prepared.pre, str(folder / "preprocess.pt"))
+    if tuple(syn.images.shape[1:]) != (prepared.channels, *prepared.image_size):
+        raise PadistillError(f"{folder / 'images.pt'}: images {list(syn.images.shape[1:])} do not match the "
+                             f"data ({prepared.channels}x{prepared.image_size[0]}x{prepared.image_size[1]})")
+    ec = cfg.eval
+    syn_lr = ec.lr if ec.lr is not None else float(syn.lr)
+    base_lr = ec.lr if ec.lr is not None else BASELINE_LR
+    dev = prepared.device
+    label_kind = "soft" if syn.labels.is_floating_point() and ec.soft_labels else "hard"
+    sets = [EvalSet("distilled", syn.images.to(dev), syn.labels.to(dev), syn_lr,
+                    f"the distilled set ({syn.ipc} per class, {label_kind} labels, lr {syn_lr:.4g})",
+                    baseline="random" if ec.baseline else None)]
+    hashed = ["images.pt", "labels.pt", "lr.pt", "preprocess.pt"]
+    if (folder / "best_images.pt").is_file():
+        best = load_distilled(folder, num_classes=prepared.num_classes, prefix="best_")
+        info = manifest.get("best") or {}
+        at = f" at iteration {info['iteration']}" if "iteration" in info else ""
+        best_lr = ec.lr if ec.lr is not None else float(best.lr)
+        sets.append(EvalSet("distilled (best on val)", best.images.to(dev), best.labels.to(dev), best_lr,
+                            f"the set with the best validation accuracy{at} (selected on the held-out "
+                            "validation split, never the test set)", baseline="random" if ec.baseline else None))
+        hashed += ["best_images.pt", "best_labels.pt", "best_lr.pt"]
+    teacher = load_teacher(ec.kd_teacher, prepared, cfg, folder) if ec.kd_teacher else None
+    if ec.baseline:
+        xr, yr = random_subset(prepared.x_train, prepared.y_train, prepared.num_classes, syn.ipc, cfg.seed)
+        sets.append(EvalSet("random", xr, yr, base_lr,
+                            f"{syn.ipc} random real training image(s) per class, hard labels, lr {base_lr:g}"))
+        if teacher is not None:
+            soft = teacher(xr)
+            sets.append(EvalSet("random + teacher labels", xr, soft, base_lr,
+                                "the random images with the teacher's logits as soft labels (soft CE)"))
+    if teacher is not None:
+        sets.append(EvalSet("distilled + KD", sets[0].images, sets[0].labels, syn_lr,
+                            f"the distilled set, student matching the teacher ({teacher.name}) with "
+                            f"KL at T={ec.kd_temperature:g} (RDED-style)",
+                            baseline="random + KD" if ec.baseline else None, teacher=teacher))
+        if ec.baseline:
+            sets.append(EvalSet("random + KD", xr, yr, base_lr, "the random images, same KD training",
+                                teacher=teacher))
+
+    out = Path(out) if out is not None else folder.parent / "eval"
+    protocol = Protocol.from_config(ec)
+    settings = {"eval": {k: v for k, v in to_dict(ec).items() if k not in ("microbatch", "test_batch")}}
+    inputs = {"data": prepared.fingerprint(), "set": _file_hashes(folder, hashed)}
+    if teacher is not None:
+        inputs["teacher"] = teacher.name
+    stage = StageDir(out, "eval", settings, inputs, cfg.seed, dump_yaml(cfg))
+    state = stage.begin(overwrite=overwrite)
+    if state == "complete":
+        log(f"eval: {out} is complete (same settings and inputs); reusing it")
+        return out
+    partial_path = out / "partial.json"
+    partial: dict = read_json(partial_path, "partial results") if state == "running" and partial_path.is_file() else {}
+
+    def on_run(row, net, run, acc):
+        partial.setdefault(row, {}).setdefault(net, {})[str(run)] = acc
+        atomic_write_json(partial_path, partial)
+
+    log(f"eval: {folder} ({syn.images.shape[0]} images, {syn.num_classes} classes) on {', '.join(ec.nets)}: "
+        f"{ec.runs} run(s) x {protocol.epochs + 1} epochs, test split {len(prepared.y_test)} images")
+    table = cross_arch(sets, ec.nets, prepared, cfg, split="test", skip=partial, on_run=on_run, log=log,
+                       show_progress=show_progress)
+    seconds = time.perf_counter() - t0
+    results = {"table": table.to_dict(), "protocol": protocol.settings(), "runs": ec.runs, "seed": cfg.seed,
+               "set": {"folder": str(folder), "ipc": syn.ipc, "num_classes": syn.num_classes,
+                       "lr": float(syn.lr), "labels": label_kind, "kd_teacher": ec.kd_teacher},
+               "data": {"name": prepared.dataset.name, "preprocess": prepared.pre.kind,
+                        "test_images": len(prepared.y_test), "fingerprint": prepared.fingerprint()},
+               "speed": {"microbatch": ec.microbatch, "test_batch": ec.test_batch, "device": str(dev)},
+               "seconds": round(seconds, 1)}
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "table.md", render_markdown(table, results))
+    stage.complete(["results.json", "table.md"], seconds=round(seconds, 1))
+    log("eval: results (top-1 test accuracy %, mean ± std over n fresh networks)\n" + table.to_text().rstrip())
+    log(f"eval: wrote {out} in {seconds:.0f}s")
+    return out
+
+
+def render_markdown(table, results: dict) -> str:
+    p = results["protocol"]
+    kd = f", KD temperature {p['kd_temperature']:g}" if results["set"].get("kd_teacher") else ""
+    return (f"# Evaluation: {results['set']['folder']}\n\n"
+            "Top-1 accuracy (%) on the full test split "
+            f"({results['data']['test_images']} images of {results['data']['name']}, "
+            f"{results['data']['preprocess']} space), mean ± std over n fresh networks (numpy std, ddof 0).\n\n"
+            + table.to_markdown() + "\n" + table.legend() + "\n"
+            f"Protocol: {p['epochs'] + 1} epochs, SGD momentum {p['momentum']:g}, weight decay "
+            f"{p['weight_decay']:g}, batch {p['batch']}, lr x0.1 (new optimiser) after epoch "
+            f"{p['epochs'] // 2 + 1}, DSA {'on' if p['augment'] else 'off'}, "
+            f"{'soft' if p['soft_labels'] else 'hard'}-label cross-entropy{kd}; seed {results['seed']}.\n")
