@@ -51,8 +51,8 @@ def first_iteration_case(data_root: str, cache: str, work: Path) -> dict:
         fake_expert_folder(experts, model, epochs=6, num=1)
     out = work / "distill"
     cmd = [sys.executable, "-m", "padistill", "distill", "--preset", "pad/cifar10-ipc1", "--data-root", data_root,
-           "--device", "cpu", "--experts", str(experts), "--out", str(out), "--set", "distill.iterations=2", "--set", "distill.image_init=real",
-           "--quiet", "--overwrite"]
+           "--device", "cpu", "--experts", str(experts), "--out", str(out), "--set", "distill.iterations=2",
+           "--set", "distill.image_init=real", "--quiet", "--overwrite"]
     env = {**os.environ, "PADISTILL_CACHE": cache}
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

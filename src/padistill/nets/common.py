@@ -9,11 +9,13 @@ nets with a stride rule switch to their "Tiny" stride at 64x64 and above.
 from __future__ import annotations
 
 import numbers
+import os
 
 import torch
 from torch import nn
 
 from padistill.errors import PadistillError
+from padistill.nets.fast_norm import InstanceNorm
 
 # Accepted spellings of each norm kind: the short name, the reference code's long names and the
 # suffixes of parseable net names (convnet-bn, ...).
@@ -68,16 +70,29 @@ def is_mnist_like(channels: int, im_size: tuple[int, int]) -> bool:
     return channels == 1 and tuple(im_size) == (28, 28)
 
 
-def make_norm(kind: str, c: int, hw: tuple[int, int] | None = None) -> nn.Module:
+# Set to 1 to build 'instance' norms as plain nn.GroupNorm (A/B timing, fallback); see fast_norm.py.
+NATIVE_NORM_ENV = "PADISTILL_NATIVE_NORM"
+
+
+def native_norm_requested() -> bool:
+    return os.environ.get(NATIVE_NORM_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def make_norm(kind: str, c: int, hw: tuple[int, int] | None = None, native: bool | None = None) -> nn.Module:
     """The norm layer after a conv with `c` output channels (spatial size `hw`, needed for 'layer').
 
     'instance' is GroupNorm with one group per channel: per-sample per-channel statistics, a learnable
-    scale/shift and no running buffers (the reference's 'instancenorm', spec §5.1). 'none' gives an
-    Identity so that module indices stay the same as with a norm (the flat layout only shifts by the
-    missing norm parameters).
+    scale/shift and no running buffers (the reference's 'instancenorm', spec §5.1). It is built as
+    `InstanceNorm`, a GroupNorm subclass with the same parameters and state_dict whose double backward
+    is hand-written (the unrolled student spends much less time in it, see fast_norm.py);
+    `native=True`, or PADISTILL_NATIVE_NORM=1 when `native` is None, gives the plain nn.GroupNorm.
+    'none' gives an Identity so that module indices stay the same as with a norm (the flat layout only
+    shifts by the missing norm parameters).
     """
     if kind == "instance":
-        return nn.GroupNorm(c, c, affine=True)
+        if native if native is not None else native_norm_requested():
+            return nn.GroupNorm(c, c, affine=True)
+        return InstanceNorm(c)
     if kind == "batch":
         return nn.BatchNorm2d(c)
     if kind == "layer":
