@@ -24,8 +24,6 @@ divergence and torchrun averaging exactly as for trajectory matching.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
@@ -188,12 +186,12 @@ def build_feature_matcher(cfg, prepared, augment, cut: ParamCut, scores_dir=None
     d = cfg.distill
     ordering = None
     if d.prune.mode != "none" and d.prune.ratio > 0:
-        from padistill.utils.io import load_tensors, require_tensor
+        from padistill.scores.ordering import load_scores_ordering
 
-        path = Path(scores_dir) / "ordering.pt"
-        full = require_tensor(load_tensors(path, "difficulty ordering"), str(path), dtype=torch.int64, ndim=2)
-        if full.shape[0] != prepared.num_classes:
-            raise PadistillError(f"{path}: {full.shape[0]} rows for {prepared.num_classes} classes")
+        if scores_dir is None:
+            raise PadistillError(f"{d.method}: distill.prune needs an ordering; pass --scores <scores folder>")
+        # validated: a finished scores folder of these training data, every row = exactly its class's indices
+        full = load_scores_ordering(scores_dir, prepared)
         ordering = prune_ordering(full, d.prune.mode, d.prune.ratio)
         which = {"hard": "hardest", "easy": "easiest"}[d.prune.mode]
         log(f"{d.method}: FIEX removes the {d.prune.ratio:.0%} {which} samples of every class "
