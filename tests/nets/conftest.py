@@ -11,18 +11,14 @@ from __future__ import annotations
 import functools
 
 import pytest
-import torch
 
 from padistill.errors import PadistillError
 from padistill.nets import build
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread(one_torch_thread):
+    """Small nets run faster (and steadier) on one thread."""
 
 
 @functools.cache

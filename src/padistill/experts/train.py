@@ -40,7 +40,7 @@ from padistill.experts.gsam import GSAM
 from padistill.experts.storage import EXPERT_RE, LAYOUT_FILE, ExpertLayout, expert_path, save_expert
 from padistill.filters.schedule import kept_columns, scheduled_indices
 from padistill.utils.allocator import tune_cpu_allocator
-from padistill.utils.distributed import barrier, my_share, rank_world, wait_until
+from padistill.utils.distributed import begin_shared_stage, my_share, rank_world, wait_until
 from padistill.utils.io import atomic_save, atomic_write_json, atomic_write_text, load_tensors, read_json
 from padistill.utils.manifest import StageDir, require_complete
 from padistill.utils.progress import progress_bar
@@ -241,19 +241,13 @@ def run_experts(cfg: Config, prepared, out_dir: str | Path, scores_dir: str | Pa
     stage = StageDir(out, "experts", experts_settings(cfg), {"data": prepared.fingerprint(), **inputs}, cfg.seed,
                      dump_yaml(cfg))
     layout = param_layout(build_net(prepared, seed=0))
-    if rank == 0:
-        found = stage.state()
-        state = stage.begin(overwrite=overwrite)
-        if found == "different":
-            _clear_outputs(out)
+
+    def create(state: str) -> None:
         if state != "complete":
             _write_layout(out, layout)
             (out / PARTIAL).mkdir(exist_ok=True)
-    barrier()
-    if rank != 0:
-        state = stage.state()
-        if state == "different":
-            raise PadistillError(f"{out}: rank {rank} sees another run's manifest")
+
+    state = begin_shared_stage(stage, out, rank, overwrite, clear=lambda: _clear_outputs(out), prepare=create)
     if state == "complete":
         log(f"experts: {out} is complete (same settings and inputs); reusing it")
         return out

@@ -36,7 +36,7 @@ from padistill.errors import PadistillError
 from padistill.scores.ordering import import_ordering, ordering_from_scores
 from padistill.scores.scorers import LOGIT_METHODS, ForgettingTracker, sample_statistics
 from padistill.utils.allocator import tune_cpu_allocator
-from padistill.utils.distributed import barrier, my_share, rank_world, wait_until
+from padistill.utils.distributed import begin_shared_stage, my_share, rank_world, wait_until
 from padistill.utils.io import atomic_save, load_tensors, sha256_file
 from padistill.utils.manifest import StageDir
 from padistill.utils.progress import progress_bar
@@ -131,18 +131,13 @@ def run_scores(cfg: Config, prepared, out_dir: str | Path, overwrite: bool = Fal
     if prepared.device.type == "cpu":
         tune_cpu_allocator()  # ~35% less CPU time per batch on glibc (utils/allocator.py)
     stage = StageDir(out, "scores", scores_settings(cfg), {"data": prepared.fingerprint()}, cfg.seed, dump_yaml(cfg))
-    if rank == 0:
-        found = stage.state()
-        state = stage.begin(overwrite=overwrite)
-        if found == "different":  # --overwrite: never mix partial results of another run
-            shutil.rmtree(out / "partial", ignore_errors=True)
-            for name in OUTPUTS:
-                (out / name).unlink(missing_ok=True)
-    barrier()
-    if rank != 0:
-        state = stage.state()
-        if state == "different":
-            raise PadistillError(f"{out}: rank {rank} sees another run's manifest")
+
+    def clear() -> None:
+        shutil.rmtree(out / "partial", ignore_errors=True)
+        for name in OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+
+    state = begin_shared_stage(stage, out, rank, overwrite, clear=clear)
     if state == "complete":
         log(f"scores: {out} is complete (same data, scorer and seed); reusing it")
         return out

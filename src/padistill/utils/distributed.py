@@ -44,3 +44,28 @@ def wait_until(done: Callable[[], bool], what: str, log=print, poll: float = 1.0
             log(f"waiting for {what} ({now - start:.0f}s)")
             last = now
         time.sleep(poll)
+
+
+def begin_shared_stage(stage, out, rank: int, overwrite: bool, clear: Callable[[], None],
+                       prepare: Callable[[str], None] | None = None) -> str:
+    """Open a stage folder that several ranks write into; returns its state on every rank.
+
+    Rank 0 begins the stage (`clear()` first removes another run's outputs when --overwrite replaces it;
+    `prepare(state)` creates what the ranks need), then all ranks meet at a barrier and the others read the
+    state rank 0 left (refusing a folder that holds another run's manifest)."""
+    state = ""
+    if rank == 0:
+        found = stage.state()
+        state = stage.begin(overwrite=overwrite)
+        if found == "different":  # --overwrite: never mix partial results of another run
+            clear()
+        if prepare is not None:
+            prepare(state)
+    barrier()
+    if rank != 0:
+        state = stage.state()
+        if state == "different":
+            from padistill.errors import PadistillError
+
+            raise PadistillError(f"{out}: rank {rank} sees another run's manifest")
+    return state
