@@ -153,6 +153,7 @@ class DistillConfig:
     eval_epochs: int = 300  # training epochs of those validation evaluations
     grid_every: int = 500  # iterations between PNG grids of the images
     max_bad_steps: int = 20  # stop after this many consecutive non-finite losses/gradients
+    loggers: list = field(default_factory=list)  # optional metric mirrors: tensorboard, wandb (metrics.jsonl always)
 
 
 @dataclass
@@ -431,6 +432,11 @@ def validate(cfg: Config) -> Config:
                              "use depth or layer with dc/dm")
     if d.batch_syn is not None and d.batch_syn < 1:
         raise PadistillError("config: 'distill.batch_syn' must be >= 1 or null")
+    from padistill.utils.loggers import LOGGERS
+
+    for name in d.loggers:
+        if name not in LOGGERS:
+            raise PadistillError(f"config: 'distill.loggers' entries must be one of {', '.join(LOGGERS)}; got {name!r}")
     if not cfg.eval.nets:
         raise PadistillError("config: 'eval.nets' must name at least one network")
     if not cfg.eval.kd_temperature > 0:

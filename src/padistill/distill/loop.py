@@ -29,6 +29,7 @@ from padistill.artifacts import save_distilled, save_grid
 from padistill.config import Config, dump_yaml, to_dict
 from padistill.errors import PadistillError
 from padistill.utils.io import atomic_save, atomic_write_text, load_tensors
+from padistill.utils.loggers import MetricsLog
 from padistill.utils.manifest import StageDir, require_complete
 from padistill.utils.progress import progress_bar
 
@@ -45,7 +46,7 @@ def rank_world() -> tuple[int, int]:
 def distill_settings(cfg: Config) -> dict:
     """The settings that determine the distilled set (bookkeeping intervals excluded)."""
     d = to_dict(cfg.distill)
-    for k in ("checkpoint_every", "grid_every"):
+    for k in ("checkpoint_every", "grid_every", "loggers"):
         d.pop(k)
     return {"data": to_dict(cfg.data), "net": to_dict(cfg.net), "distill": d}
 
@@ -161,7 +162,7 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
         syn = _initial_set(cfg, prepared, model, layout, store, log)
         if rank == 0:
             save_grid(prepared.pre.inverse(syn.images.detach()), out / "grid_init.png", nrow=d.ipc)
-    metrics_f = open(out / METRICS, "a", encoding="utf-8") if rank == 0 else None
+    metrics_f = MetricsLog(out / METRICS, d.loggers, name=cfg.name, config=to_dict(cfg)) if rank == 0 else None
     bar = progress_bar(range(start_it, d.iterations), desc="distill", initial=start_it, total=d.iterations,
                        disable=not show_progress or rank != 0)
     try:
@@ -178,8 +179,7 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
                    "lr_clamped": syn.lr_clamped}
             rec.update({k: v for k, v in info.items() if k not in ("loss", "status")})
             if metrics_f is not None:
-                metrics_f.write(json.dumps(rec) + "\n")
-                metrics_f.flush()
+                metrics_f.write(rec)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}", skip=counters["skipped"], refresh=False)
             if counters["bad_streak"] > d.max_bad_steps:
                 if rank == 0:
@@ -228,8 +228,7 @@ def _validate(cfg: Config, prepared, syn, it: int, best: dict | None, out: Path,
                        split="val", net=cfg.eval.nets[0], runs=1, epochs=d.eval_epochs, seed_tag=("val", it))
     rec = {"it": it - 1, "val_acc": res.mean, "val_runs": len(res.accs)}
     if metrics_f is not None:
-        metrics_f.write(json.dumps(rec) + "\n")
-        metrics_f.flush()
+        metrics_f.write(rec)
     if best is None or res.mean > best["val_acc"]:
         best = {"val_acc": res.mean, "iteration": it}
         save_distilled(out, syn.images, syn.labels, syn.syn_lr, prepared.pre, prefix="best_")
