@@ -11,14 +11,13 @@ so it reaches the same 4x4 map as CIFAR. The classifier input size comes from a 
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from padistill.nets.common import check_stride, infer_shape, is_mnist_like
+from padistill.nets.common import StagedSequential, check_stride, infer_shape, is_mnist_like
 from padistill.nets.registry import register_net
 
 
-class AlexNet(nn.Module):
+class AlexNet(StagedSequential):
     def __init__(self, num_classes: int, channels: int, im_size: tuple[int, int], stem_stride: int = 1):
         super().__init__()
         pad = 4 if is_mnist_like(channels, im_size) else 2
@@ -36,23 +35,6 @@ class AlexNet(nn.Module):
         self.stages = (("conv1", ("features.0",)), ("conv2", ("features.3",)), ("conv3", ("features.6",)),
                        ("conv4", ("features.8",)), ("conv5", ("features.10",)),
                        ("classifier", ("classifier",)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features: the flattened output of the last max-pool (classifier input)."""
-        return self.features(x).flatten(1)
-
-    def features_by_layer(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Output of each conv stage (after its ReLU / max-pool), flattened; logits last."""
-        outs = []
-        for i, module in enumerate(self.features):
-            x = module(x)
-            if i in self._cuts:
-                outs.append(x.flatten(1))
-        outs.append(self.classifier(outs[-1]))
-        return outs
 
 
 @register_net("alexnet")

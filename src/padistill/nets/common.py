@@ -123,3 +123,33 @@ def infer_shape(net: str, features: nn.Module, channels: int, im_size: tuple[int
     if out.numel() == 0:
         raise PadistillError(f"{net}: {channels}x{im_size[0]}x{im_size[1]} inputs are too small for this net")
     return out.shape[1:]
+
+
+class StagedSequential(nn.Module):
+    """A `features` Sequential followed by one linear `classifier`, with per-stage feature taps.
+
+    Subclasses set `self.features`, `self.classifier`, `self._cuts` (indices into `features` after which a
+    stage's output is taken) and `self.stages` (the modules of each stage, shallow -> deep, for
+    ParamLayout.stage_ranges).
+    """
+
+    features: nn.Sequential
+    classifier: nn.Linear
+    _cuts: frozenset[int]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features: the flattened `features` output (the classifier input)."""
+        return self.features(x).flatten(1)
+
+    def features_by_layer(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Output of every stage, flattened to [B, -1], shallow -> deep; logits last."""
+        outs = []
+        for i, module in enumerate(self.features):
+            x = module(x)
+            if i in self._cuts:
+                outs.append(x.flatten(1))
+        outs.append(self.classifier(outs[-1]))
+        return outs

@@ -12,11 +12,10 @@ slot, so indices never shift between variants.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from padistill.errors import PadistillError
-from padistill.nets.common import check_choice, check_int, check_norm, is_mnist_like, make_norm
+from padistill.nets.common import StagedSequential, check_choice, check_int, check_norm, is_mnist_like, make_norm
 from padistill.nets.registry import register_net
 
 _ACTS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "leakyrelu": nn.LeakyReLU}
@@ -24,7 +23,7 @@ _POOLS = ("avg", "max", "none")
 _NORMS = ("instance", "batch", "layer", "group", "none")
 
 
-class ConvNet(nn.Module):
+class ConvNet(StagedSequential):
     def __init__(self, num_classes: int, channels: int, im_size: tuple[int, int], width: int = 128,
                  depth: int = 3, norm: str = "instance", act: str = "relu", pool: str = "avg"):
         super().__init__()
@@ -48,27 +47,11 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width * h * w, num_classes)
         self.depth = depth
+        self._cuts = frozenset(4 * k + 3 for k in range(depth))  # after each block's pool
         # features_by_layer entry i comes from the modules listed here (used to map features to the
         # flat parameter ranges, see ParamLayout.stage_ranges).
         self.stages = tuple((f"block{k + 1}", tuple(f"features.{4 * k + j}" for j in range(4)))
                             for k in range(depth)) + (("classifier", ("classifier",)),)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features: the flattened output of the last block (classifier input)."""
-        return self.features(x).flatten(1)
-
-    def features_by_layer(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Output of every block after pooling, flattened to [B, -1], shallow -> deep; logits last."""
-        outs = []
-        for i, module in enumerate(self.features):
-            x = module(x)
-            if i % 4 == 3:
-                outs.append(x.flatten(1))
-        outs.append(self.classifier(outs[-1]))
-        return outs
 
 
 def _pool(kind: str) -> nn.Module:

@@ -15,17 +15,16 @@ Norm: 'instance' (GroupNorm per channel, default) or 'batch' (VGG11-BN).
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from padistill.nets.common import check_norm, check_stride, infer_shape, is_mnist_like, make_norm
+from padistill.nets.common import StagedSequential, check_norm, check_stride, infer_shape, is_mnist_like, make_norm
 from padistill.nets.registry import register_net
 
 _CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 _NORMS = ("instance", "batch", "group", "none")
 
 
-class VGG11(nn.Module):
+class VGG11(StagedSequential):
     def __init__(self, num_classes: int, channels: int, im_size: tuple[int, int], norm: str = "instance",
                  final_stride: int = 1):
         super().__init__()
@@ -53,23 +52,6 @@ class VGG11(nn.Module):
         n_feat = infer_shape("vgg11", self.features, channels, im_size).numel()
         self.classifier = nn.Linear(n_feat, num_classes)
         self.stages = (*stages, ("classifier", ("classifier",)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features: the flattened output of the final pool (classifier input)."""
-        return self.features(x).flatten(1)
-
-    def features_by_layer(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Output of each conv block (after its max-pool, if any), flattened; logits last."""
-        outs = []
-        for i, module in enumerate(self.features):
-            x = module(x)
-            if i in self._cuts:
-                outs.append(x.flatten(1))
-        outs.append(self.classifier(outs[-1]))
-        return outs
 
 
 @register_net("vgg11", variants=("vgg11-bn",))
