@@ -86,11 +86,16 @@ class _FeatureMatcher:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator(self.cfg.seed, tag, it, self.rank)))
         return build_net(self.prepared, seed=seed)
 
-    def _aug_pair(self, real: torch.Tensor, syn: torch.Tensor, g: torch.Generator):
+    def _class_batches(self, c: int, syn, g: torch.Generator):
+        """Class c's real batch and its synthetic rows (a leaf to differentiate), both augmented with ONE
+        DSA draw (siamese): returns (syn_c, real_aug, syn_aug)."""
+        ipc = syn.ipc
+        real = self.pools.batch(c, self.d.batch_real, g)
+        syn_c = syn.images[c * ipc:(c + 1) * ipc].detach().requires_grad_(True)
         if self.augment is None:
-            return real, syn
+            return syn_c, real, syn_c
         draw = self.augment.sample(1, self.prepared.image_size, g, shared=True)
-        return self.augment.apply(real, draw), self.augment.apply(syn, draw)
+        return syn_c, self.augment.apply(real, draw), self.augment.apply(syn_c, draw)
 
 
 class GradientMatcher(_FeatureMatcher):
@@ -112,9 +117,7 @@ class GradientMatcher(_FeatureMatcher):
             grads = torch.zeros_like(syn.images)
             total = 0.0
             for c in range(C):
-                real = self.pools.batch(c, d.batch_real, g)
-                syn_c = syn.images[c * ipc:(c + 1) * ipc].detach().requires_grad_(True)
-                xr, xs = self._aug_pair(real, syn_c, g)
+                syn_c, xr, xs = self._class_batches(c, syn, g)
                 yr = torch.full((len(xr),), c, device=xr.device, dtype=torch.long)
                 ys = torch.full((len(xs),), c, device=xs.device, dtype=torch.long)
                 g_real = [t.detach() for t in torch.autograd.grad(F.cross_entropy(net(xr), yr), params)]
@@ -158,7 +161,6 @@ class DistributionMatcher(_FeatureMatcher):
         return [outs[i] for i in self.layers]
 
     def step(self, it: int, syn, update) -> dict:
-        d = self.d
         g = generator(self.cfg.seed, "dm-iteration", it, self.rank)
         net = self._net(it, "dm-net")
         for p in net.parameters():
@@ -167,9 +169,7 @@ class DistributionMatcher(_FeatureMatcher):
         grads = torch.zeros_like(syn.images)
         total = 0.0
         for c in range(C):
-            real = self.pools.batch(c, d.batch_real, g)
-            syn_c = syn.images[c * ipc:(c + 1) * ipc].detach().requires_grad_(True)
-            xr, xs = self._aug_pair(real, syn_c, g)
+            syn_c, xr, xs = self._class_batches(c, syn, g)
             with torch.no_grad():
                 fr = [f.mean(0) for f in self._features(net, xr)]
             fs = [f.mean(0) for f in self._features(net, xs)]
