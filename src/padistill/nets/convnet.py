@@ -16,6 +16,8 @@ from torch import nn
 
 from padistill.errors import PadistillError
 from padistill.nets.common import StagedSequential, check_choice, check_int, check_norm, is_mnist_like, make_norm
+from padistill.nets.fast_conv import make_conv2d
+from padistill.nets.fast_pool import make_avg_pool
 from padistill.nets.registry import register_net
 
 _ACTS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "leakyrelu": nn.LeakyReLU}
@@ -39,7 +41,7 @@ class ConvNet(StagedSequential):
             if pool != "none" and min(h, w) < 2:
                 raise PadistillError(f"{net}: {channels}x{im_size[0]}x{im_size[1]} inputs are too small "
                                      f"(depth {depth} needs at least {2 ** depth}x{2 ** depth} px)")
-            layers += [nn.Conv2d(c_in, width, 3, padding=p, bias=True), make_norm(norm, width, (h, w)),
+            layers += [make_conv2d(c_in, width, 3, padding=p, bias=True), make_norm(norm, width, (h, w)),
                        _ACTS[act](), _pool(pool)]
             if pool != "none":
                 h, w = h // 2, w // 2
@@ -56,7 +58,7 @@ class ConvNet(StagedSequential):
 
 def _pool(kind: str) -> nn.Module:
     if kind == "avg":
-        return nn.AvgPool2d(2, 2)
+        return make_avg_pool()  # nn.AvgPool2d(2, 2) with fast CPU kernels (nets/fast_pool.py)
     if kind == "max":
         return nn.MaxPool2d(2, 2)
     return nn.Identity()
