@@ -2,6 +2,8 @@
 
     python -m benchmarks.bench_distill                # all cases, each in its own process
     python -m benchmarks.bench_distill --quick        # fewer repetitions
+    python -m benchmarks.bench_distill --native       # add the same cases with PyTorch's own layers (A/B)
+    python -m benchmarks.bench_distill --microbatch 50  # student micro-batch (distill.microbatch)
 
 CIFAR-10-shaped data (3x32x32, 10 classes), ConvNet-3 width 128 (P = 320,010), DSA on every step,
 soft labels, the PAD depth cut at alpha = 0.25. The expert pair is random: the cost of an iteration
@@ -9,6 +11,13 @@ does not depend on the values. Cases: IPC 1 / syn_steps 80, IPC 10 / syn_steps 2
 the `plain` full-graph unroll (what the reference does) and the bounded-memory `recompute` unroll.
 Reference implementation on a quiet 2-core machine (issue 7): 9.1 s / 7.5 GiB, 26.3 s / 9.8 GiB,
 does not fit in 24 GiB (~105 s).
+
+Also printed: the convolution/linear FLOPs of one iteration and the share of this machine's matmul peak
+(measured in the same run) that the iteration reaches. Per student step and image the net costs F
+FLOPs forward; the plain unroll does ~7F (forward 1, first backward 2, double backward 4: two
+convolutions for the gradient's gradient, one for the input, one for the weights) and the bounded-memory
+unroll ~10F (plus the graph-free forward and backward of the first pass). This is the floor no
+implementation of exact trajectory matching can go below on this machine.
 """
 
 from __future__ import annotations
@@ -28,15 +37,39 @@ CASES = [
     {"ipc": 10, "steps": 80, "mode": "recompute"},
 ]
 REFERENCE = {(1, 80): 9.1, (10, 20): 26.3, (10, 80): 105.0}
+PASSES = {"plain": 7, "recompute": 10}  # forward-equivalents per image and step (module docstring)
+NATIVE_ENV = ("PADISTILL_NATIVE_NORM", "PADISTILL_NATIVE_CONV", "PADISTILL_NATIVE_POOL")
+
+
+def forward_flops(model, shape) -> int:
+    """Multiply-add FLOPs (x2) of the convolutions and linear layers for one input of `shape`."""
+    total = [0]
+
+    def hook(m, inp, out):
+        if isinstance(m, torch.nn.Conv2d):
+            k = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+            total[0] += 2 * k * out[0].numel()
+        elif isinstance(m, torch.nn.Linear):
+            total[0] += 2 * m.in_features * m.out_features
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model(torch.zeros(1, *shape))
+    for h in hs:
+        h.remove()
+    return total[0]
 
 
 def run_case(case: dict, reps: int) -> dict:
+    import os
+
     from padistill.augment import DSA
     from padistill.filters.params import param_cut
     from padistill.match.trajectory import Student, make_plan, match_trajectory
     from padistill.nets import build, param_layout
     from padistill.utils.rng import generator
 
+    os.environ.update({k: "1" if case.get("native") else "0" for k in NATIVE_ENV})
     torch.manual_seed(0)
     model = build("convnet", num_classes=10, channels=3, im_size=(32, 32), seed=0)
     layout = param_layout(model)
@@ -56,7 +89,8 @@ def run_case(case: dict, reps: int) -> dict:
         match_trajectory(student, start, target, images, labels, lr, plan, cut, mode=case["mode"])
 
     res = timed(one, warmup=1, reps=reps)
-    return {**case, **res, "peak_rss_gib": round(peak_rss_gib(), 2)}
+    gflop = PASSES[case["mode"]] * forward_flops(model, (3, 32, 32)) * n * case["steps"] / 1e9
+    return {**case, **res, "gflop": round(gflop, 1), "peak_rss_gib": round(peak_rss_gib(), 2)}
 
 
 def main() -> None:
@@ -64,6 +98,9 @@ def main() -> None:
     ap.add_argument("--case")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--native", action="store_true",
+                    help="also run every case with PyTorch's own GroupNorm/Conv2d/AvgPool2d (A/B)")
+    ap.add_argument("--microbatch", type=int, default=25, help="student micro-batch (distill.microbatch)")
     args = ap.parse_args()
     if args.case:
         case = json.loads(args.case)
@@ -71,17 +108,22 @@ def main() -> None:
         return
     peak = matmul_gflops()
     banner("distillation iteration (trajectory matching)", matmul_gflops=round(peak, 1),
-           model="ConvNet-3 w128, 3x32x32, 10 classes", dsa=True, alpha=0.25)
-    print(f"{'ipc':>4} {'steps':>5} {'mode':>10} {'s/iter':>8} {'ref s':>7} {'speed-up':>8} "
-          f"{'peak GiB':>8} {'load':>5}")
+           model="ConvNet-3 w128, 3x32x32, 10 classes", dsa=True, alpha=0.25, microbatch=args.microbatch)
+    print(f"{'ipc':>4} {'steps':>5} {'mode':>10} {'layers':>7} {'s/iter':>8} {'ref s':>7} {'speed-up':>8} "
+          f"{'GFLOP':>7} {'floor s':>7} {'% peak':>6} {'peak GiB':>8} {'load':>5}")
     for case in CASES:
-        r = run_isolated("benchmarks.bench_distill", {**case, "reps": 1 if args.quick else args.reps})
-        if "error" in r:
-            print(f"{case['ipc']:>4} {case['steps']:>5} {case['mode']:>10}  error: {r['error']}")
-            continue
-        ref = REFERENCE.get((case["ipc"], case["steps"]))
-        print(f"{r['ipc']:>4} {r['steps']:>5} {r['mode']:>10} {r['median_s']:8.2f} {ref:7.1f} "
-              f"{ref / r['median_s']:7.2f}x {r['peak_rss_gib']:8.2f} {r['load']:5.2f}")
+        for native in ([False, True] if args.native else [False]):
+            c = {**case, "native": native, "microbatch": args.microbatch, "reps": 1 if args.quick else args.reps}
+            r = run_isolated("benchmarks.bench_distill", c)
+            layers = "native" if native else "fast"
+            if "error" in r:
+                print(f"{case['ipc']:>4} {case['steps']:>5} {case['mode']:>10} {layers:>7}  error: {r['error']}")
+                continue
+            ref = REFERENCE.get((case["ipc"], case["steps"]))
+            floor = r["gflop"] / peak
+            print(f"{r['ipc']:>4} {r['steps']:>5} {r['mode']:>10} {layers:>7} {r['median_s']:8.2f} {ref:7.1f} "
+                  f"{ref / r['median_s']:7.2f}x {r['gflop']:7.0f} {floor:7.2f} {100 * floor / r['median_s']:6.0f} "
+                  f"{r['peak_rss_gib']:8.2f} {r['load']:5.2f}")
 
 
 if __name__ == "__main__":

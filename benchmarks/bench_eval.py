@@ -5,9 +5,10 @@
 
 Epoch: ConvNet-3 (width 128, instance norm), 100 images 3x32x32, soft labels (soft CE), DSA, SGD with
 momentum and weight decay, through the real code path (`training.train_epoch`, micro-batched) — against
-the reference's way in the same process: the whole batch at once with PyTorch's own GroupNorm.
+the reference's way in the same process: the whole batch at once with PyTorch's own GroupNorm,
+Conv2d and AvgPool2d.
 Test pass: `training.accuracy` over `--test-images` images in `--test-batch` chunks, against batches of
-256 with GroupNorm. Cases are interleaved rep by rep (a shared machine's load hits all of them alike);
+256 with the native layers. Cases are interleaved rep by rep (a shared machine's load hits all of them alike);
 medians are printed with the load average. Timings do not depend on the values, so the tensors are random.
 Targets (2-core development machine): epoch well under 0.125 s, 10,000-image test pass well under 10 s
 (reference measured at 0.25 s and 21 s).
@@ -24,19 +25,24 @@ import torch
 
 from benchmarks.common import banner, loadavg
 
+NATIVE_ENV = ("PADISTILL_NATIVE_NORM", "PADISTILL_NATIVE_CONV", "PADISTILL_NATIVE_POOL")
+
 
 def build(native: bool):
+    """ConvNet-3 with padistill's fast layers, or (native=True) with PyTorch's own GroupNorm, Conv2d and
+    AvgPool2d, as the reference builds it."""
     from padistill.nets import build as build_net
 
-    old = os.environ.get("PADISTILL_NATIVE_NORM")
-    os.environ["PADISTILL_NATIVE_NORM"] = "1" if native else "0"
+    old = {k: os.environ.get(k) for k in NATIVE_ENV}
+    os.environ.update({k: "1" if native else "0" for k in NATIVE_ENV})
     try:
         return build_net("convnet", 10, 3, (32, 32), seed=0)
     finally:
-        if old is None:
-            os.environ.pop("PADISTILL_NATIVE_NORM")
-        else:
-            os.environ["PADISTILL_NATIVE_NORM"] = old
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
 
 
 def main() -> None:
@@ -63,7 +69,7 @@ def main() -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         cases = {f"ours mb={mb or 'all'}": (build(False), mb or None) for mb in args.microbatch}
-        cases["reference (whole batch, GroupNorm)"] = (build(True), None)
+        cases["reference (whole batch, native layers)"] = (build(True), None)
         opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
                 for k, (m, _) in cases.items()}
         times: dict[str, list[float]] = {k: [] for k in cases}
@@ -79,7 +85,7 @@ def main() -> None:
         for k, ts in times.items():
             print(f"{k:40s} median {statistics.median(ts):.3f} s   min {min(ts):.3f} s")
         tcases = {f"ours test_batch={b}": (cases[next(iter(cases))][0], b) for b in args.test_batch}
-        tcases["reference (batch 256, GroupNorm)"] = (cases["reference (whole batch, GroupNorm)"][0], 256)
+        tcases["reference (batch 256, native layers)"] = (cases["reference (whole batch, native layers)"][0], 256)
         ttimes: dict[str, list[float]] = {k: [] for k in tcases}
         loads = []
         for _ in range(args.test_reps):

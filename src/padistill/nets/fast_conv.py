@@ -100,14 +100,14 @@ class _ConvBackward(Function):
         gc = g.contiguous()
         d_g = d_x = d_w = None
         if need_g:
+            # The bias cotangent rides along as the bias of one of the convolutions (no extra pass).
             if ggx is not None:
-                d_g = _conv(ggx, w, None, stride, padding, dilation)
+                d_g = _conv(ggx, w, ggb if ggw is None else None, stride, padding, dilation)
             if ggw is not None:
-                t = _conv(x, ggw, None, stride, padding, dilation)
+                t = _conv(x, ggw, ggb, stride, padding, dilation)
                 d_g = t if d_g is None else d_g.add_(t) if not torch.is_grad_enabled() else d_g + t
-            if ggb is not None:
-                t = ggb.view(1, -1, 1, 1)
-                d_g = t.expand_as(g).clone() if d_g is None else d_g + t
+            if d_g is None and ggb is not None:
+                d_g = ggb.view(1, -1, 1, 1).expand_as(g).clone()
         if need_x and ggw is not None:
             d_x = _conv_backward(gc, x, ggw, False, stride, padding, dilation, [True, False, False])[0]
         if need_w and ggx is not None:
