@@ -13,9 +13,30 @@ from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
 from padistill.match.losses import soft_cross_entropy
-from padistill.nets import build, param_layout
+from padistill.nets import build, fast_conv, fast_pool, param_layout
 from padistill.nets.fast_conv import Conv2d, conv2d
 from padistill.nets.fast_pool import AvgPool2x2, avg_pool_2x2
+
+
+@pytest.fixture(autouse=True)
+def _fast_paths_for_small_tensors(monkeypatch):
+    """The tests use small tensors; the size thresholds would send them to the native layers."""
+    monkeypatch.setattr(fast_pool, "MIN_NUMEL", 0)
+    monkeypatch.setattr(fast_conv, "MIN_NUMEL", 0)
+
+
+def test_small_tensors_take_the_native_route(monkeypatch):
+    monkeypatch.setattr(fast_pool, "MIN_NUMEL", 1000)
+    monkeypatch.setattr(fast_conv, "MIN_NUMEL", 1000)
+    small = torch.randn(2, 3, 8, 8, requires_grad=True)
+    assert avg_pool_2x2(small).grad_fn.name() == "AvgPool2DBackward0"
+    assert conv2d(small, torch.randn(4, 3, 3, 3), None, (1, 1), (1, 1), (1, 1)).grad_fn.name() == "ConvolutionBackward0"
+    wide = conv2d(small, torch.randn(64, 3, 3, 3), None, (1, 1), (1, 1), (1, 1))  # large output: fast
+    assert wide.grad_fn.name() != "ConvolutionBackward0"
+    big = torch.randn(2, 8, 16, 16, requires_grad=True)
+    assert "Pool2" in avg_pool_2x2(big).grad_fn.name()
+    assert "Conv" in conv2d(big, torch.randn(4, 8, 3, 3), None, (1, 1), (1, 1), (1, 1)).grad_fn.name()
+    assert avg_pool_2x2(big).grad_fn.name() != "AvgPool2DBackward0"
 
 # ---------------------------------------------------------------- pool
 

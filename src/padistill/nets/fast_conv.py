@@ -17,7 +17,8 @@ benchmarks/README.md). The same three products are ordinary convolution calls:
 All are differentiable ATen ops, so third derivatives are still right (slow route, never used here).
 `tests/nets/test_fast_conv.py` checks them against nn.Conv2d and with gradgradcheck.
 
-Scope: CPU float32/float64, groups 1, zero padding, outside torch.func transforms, with grad mode on.
+Scope: CPU float32/float64, groups 1, zero padding, inputs or outputs of at least `MIN_NUMEL` elements
+(smaller ones are faster natively), outside torch.func transforms, with grad mode on.
 Everything else is `F.conv2d` itself (CUDA keeps cuDNN's own double backward). The forward and the
 first backward are the very same kernels as nn.Conv2d, so training (experts, evaluation) is unchanged.
 
@@ -39,6 +40,9 @@ __all__ = ["Conv2d", "make_conv2d"]
 _aten = torch.ops.aten
 _FAST_DTYPES = (torch.float32, torch.float64)
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+# Below this many input (and output) elements the native double backward is as fast and the Python-level Functions
+# cost more (the quickstart's 8x8 digits ran ~10 % slower through the fast path).
+MIN_NUMEL = 1 << 16
 
 
 def _conv(x, w, b, stride, padding, dilation):
@@ -119,6 +123,8 @@ def conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride, pad
     """`F.conv2d(x, w, b, stride, padding, dilation)` with the fast double backward where it applies."""
     fast = (x.dim() == 4 and x.device.type == "cpu" and x.dtype in _FAST_DTYPES and w.dtype == x.dtype
             and (b is None or b.dtype == x.dtype) and x.numel() > 0 and torch.is_grad_enabled()
+            # input or (about) output size: the first layer has 3 input channels but a large output
+            and max(x.numel(), x.numel() // max(x.shape[1], 1) * w.shape[0]) >= MIN_NUMEL
             and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad))
             and not _functorch_active())
     if not fast:
