@@ -38,7 +38,6 @@ CASES = [
 ]
 REFERENCE = {(1, 80): 9.1, (10, 20): 26.3, (10, 80): 105.0}
 PASSES = {"plain": 7, "recompute": 10}  # forward-equivalents per image and step (module docstring)
-NATIVE_ENV = ("PADISTILL_NATIVE_NORM", "PADISTILL_NATIVE_CONV", "PADISTILL_NATIVE_POOL")
 
 
 def forward_flops(model, shape) -> int:
@@ -67,9 +66,10 @@ def run_case(case: dict, reps: int) -> dict:
     from padistill.filters.params import param_cut
     from padistill.match.trajectory import Student, make_plan, match_trajectory
     from padistill.nets import build, param_layout
+    from padistill.nets.common import NATIVE_ENVS
     from padistill.utils.rng import generator
 
-    os.environ.update({k: "1" if case.get("native") else "0" for k in NATIVE_ENV})
+    os.environ.update({k: "1" if case.get("native") else "0" for k in NATIVE_ENVS})
     torch.manual_seed(0)
     model = build("convnet", num_classes=10, channels=3, im_size=(32, 32), seed=0)
     layout = param_layout(model)

@@ -25,16 +25,15 @@ import torch
 
 from benchmarks.common import banner, loadavg
 
-NATIVE_ENV = ("PADISTILL_NATIVE_NORM", "PADISTILL_NATIVE_CONV", "PADISTILL_NATIVE_POOL")
-
 
 def build(native: bool):
     """ConvNet-3 with padistill's fast layers, or (native=True) with PyTorch's own GroupNorm, Conv2d and
     AvgPool2d, as the reference builds it."""
     from padistill.nets import build as build_net
+    from padistill.nets.common import NATIVE_ENVS
 
-    old = {k: os.environ.get(k) for k in NATIVE_ENV}
-    os.environ.update({k: "1" if native else "0" for k in NATIVE_ENV})
+    old = {k: os.environ.get(k) for k in NATIVE_ENVS}
+    os.environ.update({k: "1" if native else "0" for k in NATIVE_ENVS})
     try:
         return build_net("convnet", 10, 3, (32, 32), seed=0)
     finally:

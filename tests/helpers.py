@@ -50,3 +50,16 @@ def write_expert_folder(folder: Path, prepared, cfg, epochs: int, num: int) -> P
     atomic_write_json(folder / LAYOUT_FILE, {"names": list(layout.names), "shapes": [list(s) for s in layout.shapes]})
     stage.complete()
     return folder
+
+
+def student_double_backward(model, layout, theta0, x0, y0, v) -> list:
+    """What match/trajectory.py computes for one micro-batch: g = dL/dtheta with create_graph (soft labels,
+    summed loss / batch), then d(g . v)/d(theta, x, labels). Returns [g, and those three]."""
+    import torch
+
+    from padistill.match.losses import soft_cross_entropy
+
+    th, x, y = (t.clone().requires_grad_(True) for t in (theta0, x0, y0))
+    loss = soft_cross_entropy(layout.functional_forward(model, th, x), y, reduction="sum") / len(x0)
+    (gth,) = torch.autograd.grad(loss, th, create_graph=True)
+    return [gth.detach(), *torch.autograd.grad(torch.dot(gth, v), [th, x, y])]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from padistill.match.losses import soft_cross_entropy
+from helpers import student_double_backward
 from padistill.nets import build, param_layout
 from padistill.nets.common import NATIVE_NORM_ENV, make_norm
 from padistill.nets.fast_norm import InstanceNorm, instance_norm
@@ -187,13 +187,10 @@ def test_student_double_backward_through_convnet():
     x0, y0 = torch.randn(4, 3, 16, 16, generator=g), torch.randn(4, 10, generator=g)
     v = torch.randn(layout.total, generator=g)
 
-    def step(model):
-        th, x, y = (t.clone().requires_grad_(True) for t in (theta0, x0, y0))
-        loss = soft_cross_entropy(layout.functional_forward(model, th, x), y, reduction="sum") / 4
-        (gth,) = torch.autograd.grad(loss, th, create_graph=True)
-        return [gth.detach(), *torch.autograd.grad(torch.dot(gth, v), [th, x, y])]
-
-    for got, want in zip(step(fast), step(ref)):
+    got_all = student_double_backward(fast, layout, theta0, x0, y0, v)
+    want_all = student_double_backward(ref, layout, theta0, x0, y0, v)
+    assert len(got_all) == 4
+    for got, want in zip(got_all, want_all):
         assert float((got - want).norm() / want.norm()) < 1e-5
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
-from padistill.match.losses import soft_cross_entropy
+from helpers import student_double_backward
 from padistill.nets import build, fast_conv, fast_pool, param_layout
 from padistill.nets.fast_conv import Conv2d, conv2d
 from padistill.nets.fast_pool import AvgPool2x2, avg_pool_2x2
@@ -192,11 +192,8 @@ def test_student_double_backward_matches_native_layers(monkeypatch):
     y0 = torch.randn(4, 10, generator=g, dtype=torch.float64)
     v = torch.randn(layout.total, generator=g, dtype=torch.float64)
 
-    def step(model):
-        th, x, y = (t.clone().requires_grad_(True) for t in (theta0, x0, y0))
-        loss = soft_cross_entropy(layout.functional_forward(model, th, x), y, reduction="sum") / 4
-        (gth,) = torch.autograd.grad(loss, th, create_graph=True)
-        return [gth.detach(), *torch.autograd.grad(torch.dot(gth, v), [th, x, y])]
-
-    for got, want in zip(step(fast), step(ref)):
+    got_all = student_double_backward(fast, layout, theta0, x0, y0, v)
+    want_all = student_double_backward(ref, layout, theta0, x0, y0, v)
+    assert len(got_all) == 4
+    for got, want in zip(got_all, want_all):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

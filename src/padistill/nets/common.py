@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from padistill.errors import PadistillError
+from padistill.nets.fast_conv import Conv2d
 from padistill.nets.fast_norm import InstanceNorm
+from padistill.nets.fast_pool import AvgPool2x2
 
 # Accepted spellings of each norm kind: the short name, the reference code's long names and the
 # suffixes of parseable net names (convnet-bn, ...).
@@ -70,12 +72,31 @@ def is_mnist_like(channels: int, im_size: tuple[int, int]) -> bool:
     return channels == 1 and tuple(im_size) == (28, 28)
 
 
-# Set to 1 to build 'instance' norms as plain nn.GroupNorm (A/B timing, fallback); see fast_norm.py.
+# Set to 1 to build PyTorch's own layers instead of the CPU fast paths (A/B timing, fallback), read when a
+# net is built: 'instance' norms as nn.GroupNorm (fast_norm.py), ConvNet convolutions as nn.Conv2d
+# (fast_conv.py), ConvNet 2x2 average pools as nn.AvgPool2d (fast_pool.py).
 NATIVE_NORM_ENV = "PADISTILL_NATIVE_NORM"
+NATIVE_CONV_ENV = "PADISTILL_NATIVE_CONV"
+NATIVE_POOL_ENV = "PADISTILL_NATIVE_POOL"
+NATIVE_ENVS = (NATIVE_NORM_ENV, NATIVE_CONV_ENV, NATIVE_POOL_ENV)
 
 
-def native_norm_requested() -> bool:
-    return os.environ.get(NATIVE_NORM_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+def native_requested(env: str) -> bool:
+    return os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def make_conv2d(*args, native: bool | None = None, **kwargs) -> nn.Module:
+    """`Conv2d(*args, **kwargs)` with the fast double backward (fast_conv.py), or plain `nn.Conv2d` when
+    `native` (default: PADISTILL_NATIVE_CONV). Parameters and state_dict are the same either way."""
+    native = native if native is not None else native_requested(NATIVE_CONV_ENV)
+    return (nn.Conv2d if native else Conv2d)(*args, **kwargs)
+
+
+def make_avg_pool(native: bool | None = None) -> nn.Module:
+    """The 2x2/stride-2 average pool: `AvgPool2x2` (fast_pool.py), or `nn.AvgPool2d(2, 2)` when `native`
+    (default: PADISTILL_NATIVE_POOL)."""
+    native = native if native is not None else native_requested(NATIVE_POOL_ENV)
+    return nn.AvgPool2d(2, 2) if native else AvgPool2x2()
 
 
 def make_norm(kind: str, c: int, hw: tuple[int, int] | None = None, native: bool | None = None) -> nn.Module:
@@ -90,7 +111,7 @@ def make_norm(kind: str, c: int, hw: tuple[int, int] | None = None, native: bool
     shifts by the missing norm parameters).
     """
     if kind == "instance":
-        if native if native is not None else native_norm_requested():
+        if native if native is not None else native_requested(NATIVE_NORM_ENV):
             return nn.GroupNorm(c, c, affine=True)
         return InstanceNorm(c)
     if kind == "batch":

@@ -15,9 +15,16 @@ from __future__ import annotations
 from torch import nn
 
 from padistill.errors import PadistillError
-from padistill.nets.common import StagedSequential, check_choice, check_int, check_norm, is_mnist_like, make_norm
-from padistill.nets.fast_conv import make_conv2d
-from padistill.nets.fast_pool import make_avg_pool
+from padistill.nets.common import (
+    StagedSequential,
+    check_choice,
+    check_int,
+    check_norm,
+    is_mnist_like,
+    make_avg_pool,
+    make_conv2d,
+    make_norm,
+)
 from padistill.nets.registry import register_net
 
 _ACTS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "leakyrelu": nn.LeakyReLU}

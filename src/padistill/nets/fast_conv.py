@@ -15,31 +15,30 @@ benchmarks/README.md). The same three products are ordinary convolution calls:
         d/d x  = input-gradient of conv(., ggW) at gO   = convolution_backward(gO, x, ggW)[0]
         d/d W  = weight-gradient of conv(ggx, .) at gO  = convolution_backward(gO, ggx, W)[1]
 All are differentiable ATen ops, so third derivatives are still right (slow route, never used here).
-`tests/nets/test_fast_conv.py` checks them against nn.Conv2d and with gradgradcheck.
+`tests/nets/test_fast_pool_conv.py` checks them against nn.Conv2d and with gradgradcheck.
 
 Scope: CPU float32/float64, groups 1, zero padding, inputs or outputs of at least `MIN_NUMEL` elements
 (smaller ones are faster natively), outside torch.func transforms, with grad mode on.
 Everything else is `F.conv2d` itself (CUDA keeps cuDNN's own double backward). The forward and the
 first backward are the very same kernels as nn.Conv2d, so training (experts, evaluation) is unchanged.
 
-Switch: `PADISTILL_NATIVE_CONV=1` in the environment (read when a net is built) builds plain
-`nn.Conv2d`, for A/B timing and as a fallback. Parameters and state_dict are identical either way.
+Switch: `PADISTILL_NATIVE_CONV=1` in the environment (read by `common.make_conv2d` when a net is built)
+builds plain `nn.Conv2d`, for A/B timing and as a fallback. Parameters and state_dict are identical
+either way.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd import Function
 
-__all__ = ["Conv2d", "make_conv2d"]
+from padistill.nets.fast_norm import _FAST_DTYPES, _functorch_active  # the same guards as the norm
+
+__all__ = ["Conv2d"]
 
 _aten = torch.ops.aten
-_FAST_DTYPES = (torch.float32, torch.float64)
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 # Below this many input (and output) elements the native double backward is as fast and the Python-level Functions
 # cost more (the quickstart's 8x8 digits ran ~10 % slower through the fast path).
 MIN_NUMEL = 1 << 16
@@ -141,9 +140,3 @@ class Conv2d(nn.Conv2d):
             return super()._conv_forward(x, weight, bias)
         return conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
 
-
-def make_conv2d(*args, native: bool | None = None, **kwargs) -> nn.Module:
-    """`Conv2d(*args, **kwargs)`, or plain `nn.Conv2d` when `native` (default: PADISTILL_NATIVE_CONV=1)."""
-    if native is None:
-        native = os.environ.get("PADISTILL_NATIVE_CONV", "0") == "1"
-    return (nn.Conv2d if native else Conv2d)(*args, **kwargs)

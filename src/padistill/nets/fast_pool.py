@@ -22,23 +22,21 @@ where the native kernels are fast; channels-last; odd sizes; half precision; sma
 multiplies by zeros, so an inf or NaN in a row of W values makes that whole output row NaN, where
 `avg_pool2d` keeps it to one block. Either way the step is non-finite and is skipped by the matcher.
 
-Switch: `PADISTILL_NATIVE_POOL=1` in the environment (read when a net is built) gives
-`nn.AvgPool2d` itself, for A/B timing and as a fallback.
+Switch: `PADISTILL_NATIVE_POOL=1` in the environment (read by `common.make_avg_pool` when a net is
+built) gives `nn.AvgPool2d` itself, for A/B timing and as a fallback.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd import Function
 
-__all__ = ["AvgPool2x2", "avg_pool_2x2", "make_avg_pool"]
+from padistill.nets.fast_norm import _FAST_DTYPES, _functorch_active  # the same guards as the norm
 
-_FAST_DTYPES = (torch.float32, torch.float64)
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+__all__ = ["AvgPool2x2", "avg_pool_2x2"]
+
 _MATS: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 # Below this many input elements PyTorch's kernel is as fast and the Python-level Function costs more
 # (the quickstart's 8x8 digits ran ~10 % slower through the fast path).
@@ -114,10 +112,3 @@ class AvgPool2x2(nn.AvgPool2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return avg_pool_2x2(x)
 
-
-def make_avg_pool(native: bool | None = None) -> nn.Module:
-    """The 2x2/stride-2 average pool of the nets: `AvgPool2x2`, or `nn.AvgPool2d(2, 2)` when `native`
-    (default: the PADISTILL_NATIVE_POOL environment variable)."""
-    if native is None:
-        native = os.environ.get("PADISTILL_NATIVE_POOL", "0") == "1"
-    return nn.AvgPool2d(2, 2) if native else AvgPool2x2()
