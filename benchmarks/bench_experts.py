@@ -34,7 +34,8 @@ def run_case(case: dict) -> dict:
     if case.get("tune_malloc", True):
         tune_cpu_allocator()  # what run_experts does on the CPU
     cfg = load_config(preset="pad/cifar10-ipc10", overrides=[
-        f"data.root={case['data_root']}", "device=cpu", f"experts.optimizer={case['optimizer']}"])
+        f"data.root={case['data_root']}", "device=cpu", f"experts.optimizer={case['optimizer']}",
+        *([f"experts.microbatch={case['microbatch']}"] if case.get("microbatch") else [])])
     t = time.perf_counter()
     prepared = prepare(cfg, log=lambda *_: None)
     load_s = time.perf_counter() - t
@@ -57,7 +58,7 @@ def run_case(case: dict) -> dict:
     return {"optimizer": case["optimizer"], "images": stats["samples"], "epoch_s": [round(s, 1) for s in times],
             "median_s": round(statistics.median(times), 1), "train_acc_last": round(stats["acc"], 4),
             "load_during": loads, "prepare_s": round(load_s, 1), "peak_rss_gib": round(peak_rss_gib(), 2),
-            "threads": torch.get_num_threads(), "malloc_tuned": case.get("tune_malloc", True),
+            "threads": torch.get_num_threads(), "microbatch": e.microbatch, "malloc_tuned": case.get("tune_malloc", True),
             "cpu_s_per_epoch": round(cpu / len(times), 1)}
 
 
@@ -67,6 +68,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--optimizers", nargs="+", default=["sgd", "gsam"])
     ap.add_argument("--no-malloc-tune", action="store_true", help="leave glibc's allocator thresholds alone")
+    ap.add_argument("--microbatch", type=int, nargs="+", default=[0],
+                    help="experts.microbatch values to compare (0 = the preset's)")
     ap.add_argument("--case")
     args = ap.parse_args()
     if args.case:
@@ -74,10 +77,11 @@ def main() -> None:
         return
     banner("expert epoch, CIFAR-10 50k, ConvNet-3 w128, batch 256, DSA, ZCA", epochs=args.epochs)
     for opt in args.optimizers:
-        print(json.dumps(run_isolated("benchmarks.bench_experts",
-                                      {"optimizer": opt, "epochs": args.epochs, "data_root": args.data_root,
-                                       "tune_malloc": not args.no_malloc_tune})),
-              flush=True)
+        for mb in args.microbatch:
+            print(json.dumps(run_isolated("benchmarks.bench_experts",
+                                          {"optimizer": opt, "epochs": args.epochs, "data_root": args.data_root,
+                                           "tune_malloc": not args.no_malloc_tune, "microbatch": mb})),
+                  flush=True)
 
 
 if __name__ == "__main__":

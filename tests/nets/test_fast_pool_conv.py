@@ -197,3 +197,40 @@ def test_student_double_backward_matches_native_layers(monkeypatch):
     assert len(got_all) == 4
     for got, want in zip(got_all, want_all):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_unused_input_gradient_is_not_computed(monkeypatch):
+    """The student's inner step differentiates w.r.t. the weights only, through a first convolution whose
+    input requires grad: its input gradient (a backward-data pass) is skipped, and nothing else changes."""
+    masks = []
+    real = fast_conv._conv_backward
+
+    def spy(g, x, w, has_bias, stride, padding, dilation, mask):
+        masks.append(list(mask))
+        return real(g, x, w, has_bias, stride, padding, dilation, mask)
+
+    monkeypatch.setattr(fast_conv, "_conv_backward", spy)
+    x0, w, b = _conv_inputs(torch.float64)
+    leaf = x0.detach().requires_grad_(True)
+    x = leaf * 1.5  # a non-leaf input, as DSA's output is
+    y = conv2d(x, w, b, (1, 1), (1, 1), (1, 1))
+    (gw,) = torch.autograd.grad((y ** 2).sum(), w, create_graph=True)
+    assert masks == [[False, True, True]]
+    # The outer gradient through the inner one still reaches the input, and equals native's.
+    got = torch.autograd.grad((gw ** 2).sum(), [leaf, w])
+    y_ref = F.conv2d(leaf * 1.5, w, b, 1, 1)
+    (gw_ref,) = torch.autograd.grad((y_ref ** 2).sum(), w, create_graph=True)
+    want = torch.autograd.grad((gw_ref ** 2).sum(), [leaf, w])
+    for a, c in zip(got, want):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-10)
+    # Asked for (non-leaf or leaf input, autograd.grad or .backward): computed; a leaf not asked for: skipped.
+    masks.clear()
+    y = conv2d(leaf * 1.5, w, b, (1, 1), (1, 1), (1, 1))
+    torch.autograd.grad((y ** 2).sum(), [leaf, w])
+    y = conv2d(leaf, w, b, (1, 1), (1, 1), (1, 1))
+    torch.autograd.grad((y ** 2).sum(), [leaf, w])
+    y = conv2d(leaf, w, b, (1, 1), (1, 1), (1, 1))
+    (y ** 2).sum().backward()
+    y = conv2d(leaf, w, b, (1, 1), (1, 1), (1, 1))
+    torch.autograd.grad((y ** 2).sum(), w)
+    assert [m[0] for m in masks] == [True, True, True, False]
