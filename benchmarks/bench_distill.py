@@ -70,6 +70,10 @@ def run_case(case: dict, reps: int) -> dict:
     from padistill.utils.rng import generator
 
     os.environ.update({k: "1" if case.get("native") else "0" for k in NATIVE_ENVS})
+    if case.get("tune_malloc", True):
+        from padistill.utils.allocator import tune_cpu_allocator
+
+        tune_cpu_allocator()  # what run_distill does on the CPU
     torch.manual_seed(0)
     model = build("convnet", num_classes=10, channels=3, im_size=(32, 32), seed=0)
     layout = param_layout(model)
@@ -101,6 +105,9 @@ def main() -> None:
     ap.add_argument("--native", action="store_true",
                     help="also run every case with PyTorch's own GroupNorm/Conv2d/AvgPool2d (A/B)")
     ap.add_argument("--microbatch", type=int, default=25, help="student micro-batch (distill.microbatch)")
+    ap.add_argument("--no-malloc-tune", action="store_true",
+                    help="leave glibc's allocator thresholds alone (the distill stage raises them on the CPU)")
+    ap.add_argument("--only", help="run only the cases whose 'ipc/steps/mode' contains this text, e.g. 10/20/")
     args = ap.parse_args()
     if args.case:
         case = json.loads(args.case)
@@ -108,12 +115,16 @@ def main() -> None:
         return
     peak = matmul_gflops()
     banner("distillation iteration (trajectory matching)", matmul_gflops=round(peak, 1),
-           model="ConvNet-3 w128, 3x32x32, 10 classes", dsa=True, alpha=0.25, microbatch=args.microbatch)
+           model="ConvNet-3 w128, 3x32x32, 10 classes", dsa=True, alpha=0.25, microbatch=args.microbatch,
+           malloc_tuned=not args.no_malloc_tune)
     print(f"{'ipc':>4} {'steps':>5} {'mode':>10} {'layers':>7} {'s/iter':>8} {'ref s':>7} {'speed-up':>8} "
           f"{'GFLOP':>7} {'floor s':>7} {'% peak':>6} {'peak GiB':>8} {'load':>5}")
     for case in CASES:
+        if args.only and args.only not in f"{case['ipc']}/{case['steps']}/{case['mode']}":
+            continue
         for native in ([False, True] if args.native else [False]):
-            c = {**case, "native": native, "microbatch": args.microbatch, "reps": 1 if args.quick else args.reps}
+            c = {**case, "native": native, "microbatch": args.microbatch, "reps": 1 if args.quick else args.reps,
+                 "tune_malloc": not args.no_malloc_tune}
             r = run_isolated("benchmarks.bench_distill", c)
             layers = "native" if native else "fast"
             if "error" in r:

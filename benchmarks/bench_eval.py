@@ -56,9 +56,17 @@ def main() -> None:
     ap.add_argument("--test-batch", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--test-images", type=int, default=10000)
     ap.add_argument("--test-reps", type=int, default=2)
+    ap.add_argument("--no-malloc-tune", action="store_true",
+                    help="leave glibc's allocator thresholds alone (the eval stage raises them on the CPU; "
+                         "both cases share this process, so the reference's way gets the same allocator)")
     args = ap.parse_args()
+    if not args.no_malloc_tune:
+        from padistill.utils.allocator import tune_cpu_allocator
+
+        tune_cpu_allocator()
     banner("bench_eval", threads=args.threads, reps=args.reps, microbatch=args.microbatch,
-           test_batch=args.test_batch, test_images=args.test_images)
+           test_batch=args.test_batch, test_images=args.test_images,
+           malloc_tuned=not args.no_malloc_tune)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(100, 3, 32, 32, generator=g)
     soft = torch.randn(100, 10, generator=g)

@@ -27,6 +27,7 @@ from padistill.errors import PadistillError
 from padistill.evaluate.api import cross_arch
 from padistill.evaluate.protocol import Protocol
 from padistill.evaluate.sets import BASELINE_LR, EvalSet, check_space, load_teacher, random_subset
+from padistill.utils.allocator import tune_cpu_allocator
 from padistill.utils.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 from padistill.utils.manifest import StageDir, read_manifest
 
@@ -127,6 +128,8 @@ def run_eval(run_dir: str | Path, overrides=(), nets=None, runs: int | None = No
     syn_lr = ec.lr if ec.lr is not None else float(syn.lr)
     base_lr = ec.lr if ec.lr is not None else BASELINE_LR
     dev = prepared.device
+    if dev.type == "cpu":
+        tune_cpu_allocator()  # as the other stages do (utils/allocator.py)
     label_kind = "soft" if syn.labels.is_floating_point() and ec.soft_labels else "hard"
     sets = [EvalSet("distilled", syn.images.to(dev), syn.labels.to(dev), syn_lr,
                     f"the distilled set ({syn.ipc} per class, {label_kind} labels, lr {syn_lr:.4g})",
