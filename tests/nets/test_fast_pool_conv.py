@@ -234,3 +234,39 @@ def test_unused_input_gradient_is_not_computed(monkeypatch):
     y = conv2d(leaf, w, b, (1, 1), (1, 1), (1, 1))
     torch.autograd.grad((y ** 2).sum(), w)
     assert [m[0] for m in masks] == [True, True, True, False]
+
+
+@pytest.mark.parametrize("stride,padding,dilation", CONF)
+def test_few_channel_input_gradient_by_gemm(stride, padding, dilation):
+    """The first conv's input gradient (3 input channels, many outputs) is a product plus col2im: equal to
+    the native backward-data kernel up to rounding, and the double backward through it is still exact."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 9, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(64, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(64, generator=g, dtype=torch.float64, requires_grad=True)
+    assert fast_conv._few_input_rows(w) and not fast_conv._few_input_rows(torch.empty(4, 3, 3, 3))
+    y = F.conv2d(x, w, b, stride, padding, dilation)
+    go = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    got = fast_conv._conv_backward(go, x, w, True, list(stride), list(padding), list(dilation), [True, True, True])
+    want = torch.ops.aten.convolution_backward(go, x, w, [64], list(stride), list(padding), list(dilation), False,
+                                               [0, 0], 1, [True, True, True])
+    for a, c in zip(got, want):
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
+    assert fast_conv._conv_backward(go, x, w, True, list(stride), list(padding), list(dilation),
+                                    [True, False, False])[1:] == (None, None)
+
+    def f(x, w, b):
+        return conv2d(x, w, b, stride, padding, dilation)
+
+    calls = []
+    real = fast_conv._input_grad_by_gemm
+    fast_conv._input_grad_by_gemm = lambda *a: calls.append(1) or real(*a)
+    try:
+        # 1 input channel, 2x2 kernel, 8 outputs: also few rows, and cheap to check numerically
+        small = [torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+                 for shape in ((2, 1, 6, 5), (8, 1, 2, 2), (8,))]
+        assert fast_conv._few_input_rows(small[1])
+        assert gradcheck(f, small) and gradgradcheck(f, small)
+    finally:
+        fast_conv._input_grad_by_gemm = real
+    assert calls  # the double backward went through the product route
