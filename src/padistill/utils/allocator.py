@@ -8,8 +8,10 @@ free, so every batch page-faults and zero-fills ~1 GB of new memory. Measured on
 (one thread, process CPU time per batch of 256 with DSA, SGD): 1.67 s with 0.61 s of it kernel time, versus 1.05 s
 with the thresholds raised (-37%; about 210 s instead of 330 s per single-thread CIFAR-10 epoch).
 Raising M_MMAP_THRESHOLD / M_TRIM_THRESHOLD to 256 MiB keeps such blocks in the heap for reuse; allocations above
-256 MiB (the dataset tensors) are still mmap'ed. Cost: freed memory is returned to the OS less eagerly (RSS stays
-at the peak working set). Set PADISTILL_MALLOC_TUNE=0 to leave the allocator alone.
+256 MiB (the dataset tensors) are still mmap'ed. Every stage calls this on the CPU (scores, experts, distill,
+eval): the unrolled student's 5-13 MB activations were page-faulted back the same way (IPC 10 student steps
+~30 % faster with the thresholds raised, benchmarks/README.md). Cost: freed memory is returned to the OS less
+eagerly (RSS stays at the peak working set). Set PADISTILL_MALLOC_TUNE=0 to leave the allocator alone.
 """
 
 from __future__ import annotations
