@@ -237,7 +237,7 @@ def test_unused_input_gradient_is_not_computed(monkeypatch):
 
 
 @pytest.mark.parametrize("stride,padding,dilation", CONF)
-def test_few_channel_input_gradient_by_gemm(stride, padding, dilation):
+def test_few_channel_input_gradient_by_gemm(stride, padding, dilation, monkeypatch):
     """The first conv's input gradient (3 input channels, many outputs) is a product plus col2im: equal to
     the native backward-data kernel up to rounding, and the double backward through it is still exact."""
     g = torch.Generator().manual_seed(5)
@@ -260,13 +260,10 @@ def test_few_channel_input_gradient_by_gemm(stride, padding, dilation):
 
     calls = []
     real = fast_conv._input_grad_by_gemm
-    fast_conv._input_grad_by_gemm = lambda *a: calls.append(1) or real(*a)
-    try:
-        # 1 input channel, 2x2 kernel, 8 outputs: also few rows, and cheap to check numerically
-        small = [torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
-                 for shape in ((2, 1, 6, 5), (8, 1, 2, 2), (8,))]
-        assert fast_conv._few_input_rows(small[1])
-        assert gradcheck(f, small) and gradgradcheck(f, small)
-    finally:
-        fast_conv._input_grad_by_gemm = real
+    monkeypatch.setattr(fast_conv, "_input_grad_by_gemm", lambda *a: calls.append(1) or real(*a))
+    # 1 input channel, 2x2 kernel, 8 outputs: also few rows, and cheap to check numerically
+    small = [torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+             for shape in ((2, 1, 6, 5), (8, 1, 2, 2), (8,))]
+    assert fast_conv._few_input_rows(small[1])
+    assert gradcheck(f, small) and gradgradcheck(f, small)
     assert calls  # the double backward went through the product route

@@ -76,16 +76,14 @@ def _conv(x, w, b, stride, padding, dilation):
 
 def _conv_backward(g, x, w, has_bias, stride, padding, dilation, mask):
     bias_sizes = [w.shape[0]] if has_bias else None
-    if mask[0] and _few_input_rows(w):
-        # The input gradient of a layer with few input channels (the first conv: 3 x 3 x 3 = 27 rows) as
-        # one matrix product plus col2im: ~2x faster than oneDNN's backward-data kernel for it on the CPU.
+    # The input gradient of a layer with few input channels (the first conv: 3 x 3 x 3 = 27 rows) is one
+    # matrix product plus col2im: ~2x faster than oneDNN's backward-data kernel for it on the CPU.
+    gemm = mask[0] and _few_input_rows(w)
+    gx, gw, gb = _aten.convolution_backward(g, x, w, bias_sizes, stride, padding, dilation, False, [0, 0], 1,
+                                            [mask[0] and not gemm, mask[1], mask[2]])
+    if gemm:
         gx = _input_grad_by_gemm(g, x, w, stride, padding, dilation)
-        if not (mask[1] or mask[2]):
-            return gx, None, None
-        _, gw, gb = _aten.convolution_backward(g, x, w, bias_sizes, stride, padding, dilation, False, [0, 0], 1,
-                                                [False, mask[1], mask[2]])
-        return gx, gw, gb
-    return _aten.convolution_backward(g, x, w, bias_sizes, stride, padding, dilation, False, [0, 0], 1, mask)
+    return gx, gw, gb
 
 
 # Input gradients of convolutions with at most this many weight rows (C_in * kh * kw) and at least
