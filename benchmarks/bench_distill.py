@@ -4,6 +4,7 @@
     python -m benchmarks.bench_distill --quick        # fewer repetitions
     python -m benchmarks.bench_distill --native       # add the same cases with PyTorch's own layers (A/B)
     python -m benchmarks.bench_distill --microbatch 50  # student micro-batch (distill.microbatch)
+    python -m benchmarks.bench_distill --reference      # add the reference's way, same run (see below)
 
 CIFAR-10-shaped data (3x32x32, 10 classes), ConvNet-3 width 128 (P = 320,010), DSA on every step,
 soft labels, the PAD depth cut at alpha = 0.25. The expert pair is random: the cost of an iteration
@@ -18,6 +19,13 @@ FLOPs forward; the plain unroll does ~7F (forward 1, first backward 2, double ba
 convolutions for the gradient's gradient, one for the input, one for the weights) and the bounded-memory
 unroll ~10F (plus the graph-free forward and backward of the first pass). This is the floor no
 implementation of exact trajectory matching can go below on this machine.
+
+`--reference` also times, in the same run and in its own process, the reference's way for each
+(IPC, syn_steps): the plain unroll over the whole step batch at once (no micro-batches), PyTorch's own
+GroupNorm, Conv2d and AvgPool2d, glibc's default allocator. The speed-up column then divides by that
+time instead of issue 7's figure, so the machine's drift cancels. IPC 10 / 80 steps is not run that way
+(its graph needs ~28 GiB, as the reference's does): its column uses 4x the IPC 10 / 20-step time, the
+same estimate issue 7 makes.
 """
 
 from __future__ import annotations
@@ -69,8 +77,9 @@ def run_case(case: dict, reps: int) -> dict:
     from padistill.nets.common import NATIVE_ENVS
     from padistill.utils.rng import generator
 
-    os.environ.update({k: "1" if case.get("native") else "0" for k in NATIVE_ENVS})
-    if case.get("tune_malloc", True):
+    reference = case.get("reference", False)
+    os.environ.update({k: "1" if case.get("native") or reference else "0" for k in NATIVE_ENVS})
+    if case.get("tune_malloc", True) and not reference:
         from padistill.utils.allocator import tune_cpu_allocator
 
         tune_cpu_allocator()  # what run_distill does on the CPU
@@ -83,7 +92,8 @@ def run_case(case: dict, reps: int) -> dict:
     images, labels = torch.randn(n, 3, 32, 32), torch.randn(n, 10)
     lr = torch.tensor(0.01)
     aug = DSA()
-    student = Student(model, layout, aug, microbatch=case.get("microbatch", 25))
+    # the reference's way: the whole step batch at once
+    student = Student(model, layout, aug, microbatch=None if reference else case.get("microbatch", 25))
     cut = param_cut(layout.total, 0.25)
     it = [0]
 
@@ -107,6 +117,9 @@ def main() -> None:
     ap.add_argument("--microbatch", type=int, default=25, help="student micro-batch (distill.microbatch)")
     ap.add_argument("--no-malloc-tune", action="store_true",
                     help="leave glibc's allocator thresholds alone (the distill stage raises them on the CPU)")
+    ap.add_argument("--reference", action="store_true",
+                    help="also time the reference's way in the same run (plain unroll, whole batch, native layers, "
+                         "glibc defaults) and divide by it")
     ap.add_argument("--only", help="run only the cases whose 'ipc/steps/mode' contains this text, e.g. 10/20/")
     args = ap.parse_args()
     if args.case:
@@ -116,12 +129,32 @@ def main() -> None:
     peak = matmul_gflops()
     banner("distillation iteration (trajectory matching)", matmul_gflops=round(peak, 1),
            model="ConvNet-3 w128, 3x32x32, 10 classes", dsa=True, alpha=0.25, microbatch=args.microbatch,
-           malloc_tuned=not args.no_malloc_tune)
+           malloc_tuned=not args.no_malloc_tune, reference="same run" if args.reference else "issue 7 figures")
     print(f"{'ipc':>4} {'steps':>5} {'mode':>10} {'layers':>7} {'s/iter':>8} {'ref s':>7} {'speed-up':>8} "
           f"{'GFLOP':>7} {'floor s':>7} {'% peak':>6} {'peak GiB':>8} {'load':>5}")
+    same_run: dict[tuple[int, int], float] = {}
     for case in CASES:
         if args.only and args.only not in f"{case['ipc']}/{case['steps']}/{case['mode']}":
             continue
+        key = (case["ipc"], case["steps"])
+        if args.reference and key not in same_run:
+            if key == (10, 80):
+                if (10, 20) in same_run:
+                    same_run[key] = 4 * same_run[(10, 20)]
+                    print(f"{10:>4} {80:>5} {'plain':>10} {'ref.way':>7}  not run (~28 GiB); estimated "
+                          f"{same_run[key]:.1f} s = 4 x the 20-step time")
+            else:
+                c = {"ipc": key[0], "steps": key[1], "mode": "plain", "reference": True,
+                     "reps": 1 if args.quick else args.reps}
+                r = run_isolated("benchmarks.bench_distill", c)
+                if "error" in r:
+                    print(f"{key[0]:>4} {key[1]:>5} {'plain':>10} {'ref.way':>7}  error: {r['error']}")
+                else:
+                    same_run[key] = r["median_s"]
+                    floor = r["gflop"] / peak
+                    print(f"{key[0]:>4} {key[1]:>5} {'plain':>10} {'ref.way':>7} {r['median_s']:8.2f} "
+                          f"{'':>7} {'':>8} {r['gflop']:7.0f} {floor:7.2f} {100 * floor / r['median_s']:6.0f} "
+                          f"{r['peak_rss_gib']:8.2f} {r['load']:5.2f}")
         for native in ([False, True] if args.native else [False]):
             c = {**case, "native": native, "microbatch": args.microbatch, "reps": 1 if args.quick else args.reps,
                  "tune_malloc": not args.no_malloc_tune}
@@ -130,7 +163,9 @@ def main() -> None:
             if "error" in r:
                 print(f"{case['ipc']:>4} {case['steps']:>5} {case['mode']:>10} {layers:>7}  error: {r['error']}")
                 continue
-            ref = REFERENCE.get((case["ipc"], case["steps"]))
+            ref = same_run.get(key) if args.reference else REFERENCE.get(key)
+            if ref is None:
+                ref = float("nan")
             floor = r["gflop"] / peak
             print(f"{r['ipc']:>4} {r['steps']:>5} {r['mode']:>10} {layers:>7} {r['median_s']:8.2f} {ref:7.1f} "
                   f"{ref / r['median_s']:7.2f}x {r['gflop']:7.0f} {floor:7.2f} {100 * floor / r['median_s']:6.0f} "
