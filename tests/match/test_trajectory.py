@@ -111,3 +111,59 @@ def test_hard_labels_are_not_learned():
     plan = make_plan(len(images), None, 2, None, (16, 16), generator(4, "p"))
     r = match_trajectory(Student(m, L, None, None), theta0, target, images, y, torch.tensor(0.01), plan, None)
     assert set(r.grads) == {"images", "lr"}
+
+
+def _matcher(m, L, unroll, budget, steps=5):
+    from types import SimpleNamespace
+
+    from padistill.match.trajectory import TrajectoryMatcher
+
+    d = SimpleNamespace(unroll=unroll, unroll_budget_gib=budget, syn_steps=steps)
+    messages = []
+    tm = TrajectoryMatcher(d, None, Student(m, L, DSA(), microbatch=6), None, 0, 20, (16, 16), log=messages.append)
+    return tm, messages
+
+
+def test_step_graph_bytes_counts_what_one_step_keeps():
+    m, L, theta0, _, images, labels = setup(seed=7)
+    st = Student(m, L, DSA(), microbatch=6)
+    plan = make_plan(len(images), None, 1, st.augment, (16, 16), generator(5, "p"))
+    lr = torch.tensor(0.01)
+    full = st.step_graph_bytes(theta0, images, labels, lr, plan.batches[0], plan.draws[0])
+    half_idx = plan.batches[0][:10]
+    half = st.step_graph_bytes(theta0, images, labels, lr, half_idx, plan.draws[0].take(0, 10))
+    # at least the first conv's output (width 16, 16x16) for every image, kept by norm and conv backward
+    assert full >= 20 * 16 * 16 * 16 * 4
+    # activations dominate: half the batch keeps about half the bytes (the parameters are a fixed part)
+    assert 1.6 < full / half < 2.1
+    assert st.step_graph_bytes(theta0, images, labels, lr, plan.batches[0], plan.draws[0]) == full  # shapes only
+
+
+def test_auto_unroll_picks_plain_within_budget_else_recompute():
+    m, L, theta0, _, images, labels = setup(seed=8)
+    syn = type("Syn", (), {"images": images, "labels": labels, "syn_lr": torch.tensor(0.01)})()
+    plan = make_plan(len(images), None, 5, DSA(), (16, 16), generator(6, "p"))
+    big, msg = _matcher(m, L, "auto", 4.0)
+    assert big.unroll_mode(theta0, syn, plan) == "plain"
+    assert "auto -> plain" in msg[0] and "unroll_budget_gib = 4" in msg[0]
+    assert big.unroll_mode(theta0, syn, plan) == "plain" and len(msg) == 1  # resolved once
+    tiny, msg = _matcher(m, L, "auto", 0.001)  # ~1 MiB: a 5-step graph of 20 images does not fit
+    assert tiny.unroll_mode(theta0, syn, plan) == "recompute" and "auto -> recompute" in msg[0]
+    for mode in ("plain", "recompute"):  # explicit modes are taken as they are, nothing measured
+        tm, msg = _matcher(m, L, mode, 0.0)
+        assert tm.unroll_mode(theta0, syn, plan) == mode and msg == []
+
+
+def test_unroll_config_choices_and_budget_are_validated():
+    from padistill.config import Config, validate
+    from padistill.errors import PadistillError
+
+    cfg = Config()
+    assert cfg.distill.unroll == "auto"
+    cfg.distill.unroll = "full"
+    with pytest.raises(PadistillError, match="distill.unroll"):
+        validate(cfg)
+    cfg = Config()
+    cfg.distill.unroll_budget_gib = -1.0
+    with pytest.raises(PadistillError, match="distill.unroll_budget_gib"):
+        validate(cfg)

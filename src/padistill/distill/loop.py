@@ -77,7 +77,7 @@ def _build_matcher(cfg: Config, prepared, experts_dir, scores_dir, syn_size: int
                                  f"{d.max_start_epoch - 1 + d.expert_epochs}")
         student = Student(model, layout, augment, microbatch=d.microbatch or None)
         matcher = TrajectoryMatcher(d, store, student, cut, cfg.seed, syn_size, prepared.image_size,
-                                    layer_ranges=ranges, rank=rank, world=world)
+                                    layer_ranges=ranges, rank=rank, world=world, log=log)
         return matcher, model, layout, store
     if d.method in ("dc", "dm"):
         from padistill.match.feature import build_feature_matcher

@@ -8,7 +8,7 @@ The student takes N steps theta_{i+1} = theta_i - lr * grad CE(f(theta_i, DSA(x_
 
 - `plain`: keep the whole N-step double-backward graph (what the reference does). Memory grows with
   N x batch: CIFAR-10 IPC 10 with N = 80 does not fit in 24 GiB.
-- `recompute` (default): run the N steps once without a graph, keeping only theta_0..theta_N (N x P
+- `recompute`: run the N steps once without a graph, keeping only theta_0..theta_N (N x P
   floats, ~100 MB for ConvNet-3 and N = 80), then walk back step by step. For step i the Hessian-vector
   and mixed products needed by reverse mode,
       dL/dtheta_i = v - lr * H_i v,   dL/dx += -lr * (d g_i / d x)^T v,   dL/dlr += -g_i . v,
@@ -16,6 +16,11 @@ The student takes N steps theta_{i+1} = theta_i - lr * grad CE(f(theta_i, DSA(x_
   micro-batch step; the micro-batches also keep the working set in cache, which on a CPU is faster than
   the plain graph despite the extra forward pass (benchmarks/README.md). Results equal `plain` up to
   float rounding (tests/match/test_trajectory.py states the tolerance).
+- `auto` (the default of `distill.unroll`, resolved by `TrajectoryMatcher`): `plain` when the full graph
+  fits in `distill.unroll_budget_gib`, else `recompute`. `plain` does ~7 forward-equivalents per step
+  against ~10 for `recompute` and ran 20-35 % faster per iteration on the CPU (benchmarks/README.md).
+  The graph size is measured, not guessed: one step is run under `saved_tensors_hooks` and the storages it
+  saves are counted (`Student.step_graph_bytes`), so the choice depends on shapes and the budget only.
 
 All randomness of an unroll (mini-batch order, DSA draws) is drawn up front into an `UnrollPlan`, so
 the recomputation replays exactly the same augmentations.
@@ -31,6 +36,11 @@ from torch import nn
 from padistill.filters.params import ParamCut
 from padistill.match.losses import label_loss, per_layer_distance, trajectory_distance
 from padistill.training import has_batch_statistics
+
+# Peak memory of the plain unroll over the graph `Student.step_graph_bytes` measures (x syn_steps): the double
+# backward's working buffers and the allocator's slack come on top. Measured peak RSS growth / measured graph
+# (ConvNet-3, CIFAR-shaped, 2026-12-01): 1.10 (IPC 1, 80 steps, width 128) to 1.22 (IPC 10, 20 steps).
+PEAK_OVER_GRAPH = 1.25
 
 
 @dataclass
@@ -77,6 +87,34 @@ class Student:
         if draw is not None:
             x = self.augment.apply(x, draw.take(a, b) if (a, b) != (0, len(idx)) else draw)
         return x
+
+    def step_graph_bytes(self, theta: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                         syn_lr: torch.Tensor, idx: torch.Tensor, draw) -> int:
+        """Bytes the plain unroll's graph keeps for one student step on the batch `idx`: every storage the
+        step saves for backward (activations, their gradients, the step's parameters), counted once. The
+        synthetic set itself is shared by all steps and not counted. Depends on shapes only."""
+        shared = {t.untyped_storage().data_ptr() for t in (images, labels)}
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            st = t.untyped_storage()
+            if st.data_ptr() not in shared and st.nbytes():
+                seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+            return t
+
+        img = images.detach().requires_grad_(True)
+        lab = labels.detach().requires_grad_(labels.is_floating_point())
+        lr = syn_lr.detach().requires_grad_(True)
+        th = theta.detach().requires_grad_(True)
+        n = len(idx)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            g = None
+            for a, b in self.chunks(n):
+                loss = self.step_loss(th, self.inputs(img, idx, draw, a, b), _targets(lab, idx, a, b), n)
+                (gk,) = torch.autograd.grad(loss, th, create_graph=True)
+                g = gk if g is None else g + gk
+            th - lr * g  # noqa: B018 (the update saves g and lr, as in the unroll)
+        return sum(seen.values()) + th.numel() * th.element_size()
 
     def step_loss(self, theta, x, targets, n: int) -> torch.Tensor:
         """Sum of the per-sample label loss over a micro-batch, divided by the step's batch size n
@@ -219,12 +257,30 @@ class TrajectoryMatcher:
     """
 
     def __init__(self, d, store, student: Student, cut: ParamCut | None, seed: int, n_syn: int,
-                 image_size: tuple[int, int], layer_ranges=None, rank: int = 0, world: int = 1):
+                 image_size: tuple[int, int], layer_ranges=None, rank: int = 0, world: int = 1, log=print):
         self.d, self.store, self.student, self.cut = d, store, student, cut
         self.seed, self.n_syn, self.image_size = seed, n_syn, image_size
         self.layer_ranges = layer_ranges
         self.rank, self.world = rank, world
+        self.log = log
         self._perms: dict[int, torch.Tensor] = {}
+        self._unroll: str | None = None if d.unroll == "auto" else d.unroll
+
+    def unroll_mode(self, start: torch.Tensor, syn, plan: UnrollPlan) -> str:
+        """`distill.unroll`, with `auto` resolved once: `plain` if N steps of the full graph fit in
+        `distill.unroll_budget_gib`, else `recompute` (module docstring)."""
+        if self._unroll is None:
+            d = self.d
+            k = max(range(len(plan.batches)), key=lambda i: len(plan.batches[i]))  # the largest step batch
+            per_step = self.student.step_graph_bytes(start, syn.images, syn.labels, syn.syn_lr,
+                                                     plan.batches[k].to(syn.images.device),
+                                                     plan.draws[k].to(syn.images.device)
+                                                     if plan.draws[k] is not None else None)
+            total = per_step * d.syn_steps * PEAK_OVER_GRAPH
+            self._unroll = "plain" if total <= d.unroll_budget_gib * 2**30 else "recompute"
+            self.log(f"distill: unroll auto -> {self._unroll} (the full graph of {d.syn_steps} steps would peak at "
+                     f"~{total / 2**30:.2f} GiB; distill.unroll_budget_gib = {d.unroll_budget_gib:g})")
+        return self._unroll
 
     def expert_for(self, it: int) -> int:
         from padistill.utils.rng import generator
@@ -247,7 +303,7 @@ class TrajectoryMatcher:
         start, target = self.store.pair(e, t, d.expert_epochs, syn.images.device)
         plan = make_plan(self.n_syn, d.batch_syn, d.syn_steps, self.student.augment, self.image_size, g)
         res = match_trajectory(self.student, start, target, syn.images, syn.labels, syn.syn_lr, plan, self.cut,
-                               threshold=d.threshold, mode=d.unroll,
+                               threshold=d.threshold, mode=self.unroll_mode(start, syn, plan),
                                learn_labels=syn.learn_labels, learn_lr=syn.learn_lr,
                                layer_ranges=self.layer_ranges)
         status = update(res.grads)
