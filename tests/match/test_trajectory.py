@@ -137,6 +137,8 @@ def test_step_graph_bytes_counts_what_one_step_keeps():
     # activations dominate: half the batch keeps about half the bytes (the parameters are a fixed part)
     assert 1.6 < full / half < 2.1
     assert st.step_graph_bytes(theta0, images, labels, lr, plan.batches[0], plan.draws[0]) == full  # shapes only
+    one = st.step_graph_bytes(theta0, images, labels, lr, plan.batches[0][:1], plan.draws[0].take(0, 1))
+    assert theta0.numel() * 4 <= one < half  # the step's parameters are kept once, whatever the batch
 
 
 def test_auto_unroll_picks_plain_within_budget_else_recompute():

@@ -13,8 +13,7 @@ The student takes N steps theta_{i+1} = theta_i - lr * grad CE(f(theta_i, DSA(x_
   and mixed products needed by reverse mode,
       dL/dtheta_i = v - lr * H_i v,   dL/dx += -lr * (d g_i / d x)^T v,   dL/dlr += -g_i . v,
   are computed by rebuilding that one step's graph, one micro-batch at a time. Memory is one
-  micro-batch step; the micro-batches also keep the working set in cache, which on a CPU is faster than
-  the plain graph despite the extra forward pass (benchmarks/README.md). Results equal `plain` up to
+  micro-batch step, paid for with one extra forward and backward per step. Results equal `plain` up to
   float rounding (tests/match/test_trajectory.py states the tolerance).
 - `auto` (the default of `distill.unroll`, resolved by `TrajectoryMatcher`): `plain` when the full graph
   fits in `distill.unroll_budget_gib`, else `recompute`. `plain` does ~7 forward-equivalents per step
@@ -114,7 +113,7 @@ class Student:
                 (gk,) = torch.autograd.grad(loss, th, create_graph=True)
                 g = gk if g is None else g + gk
             th - lr * g  # noqa: B018 (the update saves g and lr, as in the unroll)
-        return sum(seen.values()) + th.numel() * th.element_size()
+        return sum(seen.values())  # th itself is among them (every layer saves its weight view)
 
     def step_loss(self, theta, x, targets, n: int) -> torch.Tensor:
         """Sum of the per-sample label loss over a micro-batch, divided by the step's batch size n
