@@ -169,3 +169,15 @@ def test_unroll_config_choices_and_budget_are_validated():
     cfg.distill.unroll_budget_gib = -1.0
     with pytest.raises(PadistillError, match="distill.unroll_budget_gib"):
         validate(cfg)
+
+
+def test_auto_unroll_with_hard_labels():  # MTT: class indices, nothing to learn in the labels
+    m, L, theta0, _, images, _ = setup(seed=9)
+    hard = torch.arange(10).repeat_interleave(2)
+    syn = type("Syn", (), {"images": images, "labels": hard, "syn_lr": torch.tensor(0.01)})()
+    plan = make_plan(len(images), None, 5, DSA(), (16, 16), generator(7, "p"))
+    tm, msg = _matcher(m, L, "auto", 4.0)
+    assert tm.unroll_mode(theta0, syn, plan) == "plain" and len(msg) == 1
+    r = match_trajectory(tm.student, theta0, theta0 + 0.01, images, hard, torch.tensor(0.01), plan, None,
+                         mode=tm.unroll_mode(theta0, syn, plan))
+    assert set(r.grads) == {"images", "lr"}
