@@ -107,6 +107,18 @@ def run_case(case: dict, reps: int) -> dict:
     return {**case, **res, "gflop": round(gflop, 1), "peak_rss_gib": round(peak_rss_gib(), 2)}
 
 
+def _print_row(r: dict, layers: str, ref: float | None, peak: float) -> None:
+    """One table row: a case result from `run_case` (or its error); `ref` None leaves the ratio columns empty."""
+    head = f"{r['ipc']:>4} {r['steps']:>5} {r['mode']:>10} {layers:>7}"
+    if "error" in r:
+        print(f"{head}  error: {r['error']}")
+        return
+    floor = r["gflop"] / peak
+    ratio = f"{'':>7} {'':>8}" if ref is None else f"{ref:7.1f} {ref / r['median_s']:7.2f}x"
+    print(f"{head} {r['median_s']:8.2f} {ratio} {r['gflop']:7.0f} {floor:7.2f} {100 * floor / r['median_s']:6.0f} "
+          f"{r['peak_rss_gib']:8.2f} {r['load']:5.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--case")
@@ -147,29 +159,15 @@ def main() -> None:
                 c = {"ipc": key[0], "steps": key[1], "mode": "plain", "reference": True,
                      "reps": 1 if args.quick else args.reps}
                 r = run_isolated("benchmarks.bench_distill", c)
-                if "error" in r:
-                    print(f"{key[0]:>4} {key[1]:>5} {'plain':>10} {'ref.way':>7}  error: {r['error']}")
-                else:
+                _print_row(r, "ref.way", None, peak)
+                if "error" not in r:
                     same_run[key] = r["median_s"]
-                    floor = r["gflop"] / peak
-                    print(f"{key[0]:>4} {key[1]:>5} {'plain':>10} {'ref.way':>7} {r['median_s']:8.2f} "
-                          f"{'':>7} {'':>8} {r['gflop']:7.0f} {floor:7.2f} {100 * floor / r['median_s']:6.0f} "
-                          f"{r['peak_rss_gib']:8.2f} {r['load']:5.2f}")
         for native in ([False, True] if args.native else [False]):
             c = {**case, "native": native, "microbatch": args.microbatch, "reps": 1 if args.quick else args.reps,
                  "tune_malloc": not args.no_malloc_tune}
-            r = run_isolated("benchmarks.bench_distill", c)
-            layers = "native" if native else "fast"
-            if "error" in r:
-                print(f"{case['ipc']:>4} {case['steps']:>5} {case['mode']:>10} {layers:>7}  error: {r['error']}")
-                continue
             ref = same_run.get(key) if args.reference else REFERENCE.get(key)
-            if ref is None:
-                ref = float("nan")
-            floor = r["gflop"] / peak
-            print(f"{r['ipc']:>4} {r['steps']:>5} {r['mode']:>10} {layers:>7} {r['median_s']:8.2f} {ref:7.1f} "
-                  f"{ref / r['median_s']:7.2f}x {r['gflop']:7.0f} {floor:7.2f} {100 * floor / r['median_s']:6.0f} "
-                  f"{r['peak_rss_gib']:8.2f} {r['load']:5.2f}")
+            _print_row(run_isolated("benchmarks.bench_distill", c), "native" if native else "fast",
+                       float("nan") if ref is None else ref, peak)
 
 
 if __name__ == "__main__":

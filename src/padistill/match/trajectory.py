@@ -103,17 +103,21 @@ class Student:
 
         img = images.detach().requires_grad_(True)
         lab = labels.detach().requires_grad_(labels.is_floating_point())
-        lr = syn_lr.detach().requires_grad_(True)
-        th = theta.detach().requires_grad_(True)
-        n = len(idx)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            g = None
-            for a, b in self.chunks(n):
-                loss = self.step_loss(th, self.inputs(img, idx, draw, a, b), _targets(lab, idx, a, b), n)
-                (gk,) = torch.autograd.grad(loss, th, create_graph=True)
-                g = gk if g is None else g + gk
-            th - lr * g  # noqa: B018 (the update saves g and lr, as in the unroll)
-        return sum(seen.values())  # th itself is among them (every layer saves its weight view)
+            self.graph_step(theta.detach().requires_grad_(True), img, lab, syn_lr.detach().requires_grad_(True),
+                            idx, draw)
+        return sum(seen.values())  # theta itself is among them (every layer saves its weight view)
+
+    def graph_step(self, theta, images, labels, lr, idx: torch.Tensor, draw) -> torch.Tensor:
+        """One student step of the plain unroll, keeping its double-backward graph:
+        theta - lr * grad (summed over micro-batches) of the step's label loss."""
+        n = len(idx)
+        g = None
+        for a, b in self.chunks(n):
+            loss = self.step_loss(theta, self.inputs(images, idx, draw, a, b), _targets(labels, idx, a, b), n)
+            (gk,) = torch.autograd.grad(loss, theta, create_graph=True)
+            g = gk if g is None else g + gk
+        return theta - lr * g
 
     def step_loss(self, theta, x, targets, n: int) -> torch.Tensor:
         """Sum of the per-sample label loss over a micro-batch, divided by the step's batch size n
@@ -222,13 +226,7 @@ def _plain(student, start, target, images, labels, syn_lr, plan, cut, threshold,
     lr = syn_lr.detach().requires_grad_(learn_lr)
     theta = start.detach().requires_grad_(True)
     for idx, draw in zip(plan.batches, plan.draws):
-        n = len(idx)
-        g = None
-        for a, b in student.chunks(n):
-            loss = student.step_loss(theta, student.inputs(img, idx, draw, a, b), _targets(lab, idx, a, b), n)
-            (gk,) = torch.autograd.grad(loss, theta, create_graph=True)
-            g = gk if g is None else g + gk
-        theta = theta - lr * g
+        theta = student.graph_step(theta, img, lab, lr, idx, draw)
     loss_t = trajectory_distance(theta, start, target, cut)
     loss = float(loss_t.detach())
     per_layer = per_layer_distance(theta.detach(), start, target, layer_ranges) if layer_ranges else {}
@@ -271,10 +269,8 @@ class TrajectoryMatcher:
         if self._unroll is None:
             d = self.d
             k = max(range(len(plan.batches)), key=lambda i: len(plan.batches[i]))  # the largest step batch
-            per_step = self.student.step_graph_bytes(start, syn.images, syn.labels, syn.syn_lr,
-                                                     plan.batches[k].to(syn.images.device),
-                                                     plan.draws[k].to(syn.images.device)
-                                                     if plan.draws[k] is not None else None)
+            per_step = self.student.step_graph_bytes(start, syn.images, syn.labels, syn.syn_lr, plan.batches[k],
+                                                     plan.draws[k])
             total = per_step * d.syn_steps * PEAK_OVER_GRAPH
             self._unroll = "plain" if total <= d.unroll_budget_gib * 2**30 else "recompute"
             self.log(f"distill: unroll auto -> {self._unroll} (the full graph of {d.syn_steps} steps would peak at "
@@ -300,7 +296,8 @@ class TrajectoryMatcher:
         e = self.expert_for(it)
         t = sample_start_epoch(it, d, g)
         start, target = self.store.pair(e, t, d.expert_epochs, syn.images.device)
-        plan = make_plan(self.n_syn, d.batch_syn, d.syn_steps, self.student.augment, self.image_size, g)
+        plan = _device_plan(make_plan(self.n_syn, d.batch_syn, d.syn_steps, self.student.augment, self.image_size, g),
+                            syn.images.device)
         res = match_trajectory(self.student, start, target, syn.images, syn.labels, syn.syn_lr, plan, self.cut,
                                threshold=d.threshold, mode=self.unroll_mode(start, syn, plan),
                                learn_labels=syn.learn_labels, learn_lr=syn.learn_lr,
