@@ -2,6 +2,7 @@
 
     nice -n 10 python -m benchmarks.bench_eval [--threads 1 2] [--reps 7] [--microbatch 25 50 0]
                                                 [--test-batch 32 64 256] [--test-images 10000]
+                                                [--bf16] [--compile]
 
 Epoch: ConvNet-3 (width 128, instance norm), 100 images 3x32x32, soft labels (soft CE), DSA, SGD with
 momentum and weight decay, through the real code path (`training.train_epoch`, micro-batched) — against
@@ -10,6 +11,8 @@ Conv2d and AvgPool2d.
 Test pass: `training.accuracy` over `--test-images` images in `--test-batch` chunks, against batches of
 256 with the native layers. Cases are interleaved rep by rep (a shared machine's load hits all of them alike);
 medians are printed with the load average. Timings do not depend on the values, so the tensors are random.
+`--bf16` and `--compile` add cases that padistill does not offer (bfloat16 autocast; torch.compile): they
+measure what those routes would give, for the record in benchmarks/README.md.
 Targets (2-core development machine): epoch well under 0.125 s, 10,000-image test pass well under 10 s
 (reference measured at 0.25 s and 21 s).
 """
@@ -17,6 +20,7 @@ Targets (2-core development machine): epoch well under 0.125 s, 10,000-image tes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
@@ -56,6 +60,12 @@ def main() -> None:
     ap.add_argument("--test-batch", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--test-images", type=int, default=10000)
     ap.add_argument("--test-reps", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true",
+                    help="add a case outside the fp32 targets: PyTorch's layers, whole batch, under "
+                         "torch.autocast('cpu', bfloat16) (AMX on CPUs that have it; not equal within fp32 tolerance)")
+    ap.add_argument("--compile", action="store_true",
+                    help="add a case: PyTorch's layers, whole batch, torch.compile (inductor; needs a C++ compiler; "
+                         "the compile time is printed, the epochs are timed after it)")
     ap.add_argument("--no-malloc-tune", action="store_true",
                     help="leave glibc's allocator thresholds alone (the eval stage raises them on the CPU; "
                          "both cases share this process, so the reference's way gets the same allocator)")
@@ -66,7 +76,7 @@ def main() -> None:
         tune_cpu_allocator()
     banner("bench_eval", threads=args.threads, reps=args.reps, microbatch=args.microbatch,
            test_batch=args.test_batch, test_images=args.test_images,
-           malloc_tuned=not args.no_malloc_tune)
+           malloc_tuned=not args.no_malloc_tune, bf16=args.bf16, compile=args.compile)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(100, 3, 32, 32, generator=g)
     soft = torch.randn(100, 10, generator=g)
@@ -79,31 +89,56 @@ def main() -> None:
         cases["reference (whole batch, native layers)"] = (build(True), None)
         opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
                 for k, (m, _) in cases.items()}
+        modes = dict.fromkeys(cases, contextlib.nullcontext)
+        if args.bf16:
+            m = build(True)
+            cases["bf16 autocast (native layers, whole batch)"] = (m, None)
+            opts["bf16 autocast (native layers, whole batch)"] = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9,
+                                                                                weight_decay=5e-4)
+            modes["bf16 autocast (native layers, whole batch)"] = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+        if args.compile:
+            m = build(True)
+            opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+            m = torch.compile(m)
+            t = time.perf_counter()
+            for rep in range(2):  # the first call compiles the forward, the second settles the backward
+                train_epoch(m, opt, x, soft, 128, generator(0, "bench", rep), augment=dsa, microbatch=None)
+            print(f"torch.compile: first two epochs took {time.perf_counter() - t:.1f} s")
+            cases["torch.compile (native layers, whole batch)"] = (m, None)
+            opts["torch.compile (native layers, whole batch)"] = opt
+            modes["torch.compile (native layers, whole batch)"] = contextlib.nullcontext
         times: dict[str, list[float]] = {k: [] for k in cases}
         loads = []
         for rep in range(args.reps + 1):
             for k, (m, mb) in cases.items():
                 t = time.perf_counter()
-                train_epoch(m, opts[k], x, soft, 128, generator(0, "bench", rep), augment=dsa, microbatch=mb)
+                with modes[k]():
+                    train_epoch(m, opts[k], x, soft, 128, generator(0, "bench", rep), augment=dsa, microbatch=mb)
                 if rep:  # rep 0 warms up
                     times[k].append(time.perf_counter() - t)
             loads.append(loadavg())
         print(f"\n## epoch, IPC-10 set (100 images), DSA, soft CE, {threads} thread(s), load {max(loads):.2f}")
         for k, ts in times.items():
-            print(f"{k:40s} median {statistics.median(ts):.3f} s   min {min(ts):.3f} s")
+            print(f"{k:44s} median {statistics.median(ts):.3f} s   min {min(ts):.3f} s")
         tcases = {f"ours test_batch={b}": (cases[next(iter(cases))][0], b) for b in args.test_batch}
         tcases["reference (batch 256, native layers)"] = (cases["reference (whole batch, native layers)"][0], 256)
+        tmodes = dict.fromkeys(tcases, contextlib.nullcontext)
+        if args.bf16:
+            k = "bf16 autocast (native layers, batch 256)"
+            tcases[k] = (cases["bf16 autocast (native layers, whole batch)"][0], 256)
+            tmodes[k] = modes["bf16 autocast (native layers, whole batch)"]
         ttimes: dict[str, list[float]] = {k: [] for k in tcases}
         loads = []
         for _ in range(args.test_reps):
             for k, (m, b) in tcases.items():
                 t = time.perf_counter()
-                accuracy(m, xt, yt, batch=b)
+                with tmodes[k]():
+                    accuracy(m, xt, yt, batch=b)
                 ttimes[k].append(time.perf_counter() - t)
             loads.append(loadavg())
         print(f"\n## test pass, {args.test_images} images, {threads} thread(s), load {max(loads):.2f}")
         for k, ts in ttimes.items():
-            print(f"{k:40s} median {statistics.median(ts):.2f} s   min {min(ts):.2f} s")
+            print(f"{k:44s} median {statistics.median(ts):.2f} s   min {min(ts):.2f} s")
 
 
 if __name__ == "__main__":
