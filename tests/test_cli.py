@@ -27,9 +27,13 @@ def test_list_and_config(capsys):
     (["distill", "--preset", "pad", "--set", "data.root=/nonexistent", "--out", "x"], "cifar10: data not found"),
     (["distill", "--preset", "pad", "--device", "cuda:7", "--out", "x"], "--device cuda:7"),
     (["eval", "/nonexistent/run"], "/nonexistent/run"),
+    (["train", "--preset", "quickstart", "--per-class", "0"], "--per-class must be >= 1"),
+    (["scores", "--preset", "quickstart", "--out", "afile"], "afile: is a file; expected a folder"),
+    (["run", "quickstart", "--out", "afile", "--stages", "scores"], "afile: is a file; expected a folder"),
 ])
 def test_user_errors_are_one_line(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("padistill: error: ") and needle in err

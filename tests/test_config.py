@@ -27,7 +27,7 @@ def test_unknown_key_names_the_key_and_suggests(tmp_path):
 
 def test_duplicate_key_is_refused(tmp_path):
     p = write(tmp_path, "c.yaml", "data:\n  preprocess: zca\n  preprocess: none\n")
-    with pytest.raises(PadistillError, match="duplicate key 'preprocess'"):
+    with pytest.raises(PadistillError, match=r"c.yaml:3: duplicate key 'preprocess'"):
         load_config(path=p)
 
 
@@ -56,10 +56,40 @@ def test_base_chain_relative_file_and_cycle(tmp_path):
     ("distill.method=xx", "must be one of"),
     ("distill.ipc=0", "must be >= 1"),
     ("experts.schedule.init_ratio=1.5", r"in \[0, 1\]"),
+    # numbers that used to reach torch (its own ValueError) or give a finished but unusable stage
+    ("distill.lr_images=.nan", "'distill.lr_images' must be a finite number"),
+    ("eval.weight_decay=.inf", "'eval.weight_decay' must be a finite number"),
+    ("distill.threshold=-.inf", "'distill.threshold' must be a finite number"),
+    ("distill.lr_images=-100", "'distill.lr_images' must be >= 0"),
+    ("distill.syn_lr=-1", "'distill.syn_lr' must be > 0"),
+    ("experts.lr=0", "'experts.lr' must be > 0"),
+    ("eval.momentum=-1", r"'eval.momentum' must be in \[0, 1\)"),
+    ("distill.momentum_images=1.0", r"'distill.momentum_images' must be in \[0, 1\)"),
+    ("experts.rho=-1", "'experts.rho' must be >= 0"),
+    ("scores.batch=0", "'scores.batch' must be >= 1"),
+    ("experts.num=0", "'experts.num' must be >= 1"),
+    ("distill.max_experts=-1", "'distill.max_experts' must be >= 1"),
+    ("distill.max_experts=0", "'distill.max_experts' must be >= 1"),
+    ("distill.label_model_epoch=-2", "'distill.label_model_epoch' must be >= 0 or -1"),
+    ("data.zca_eps=0", "'data.zca_eps' must be > 0"),
+    ("device=nonsense", "'device' must be auto, cpu, cuda or cuda:N"),
 ])
 def test_validation_errors(override, message):
     with pytest.raises(PadistillError, match=message):
         load_config(preset="pad", overrides=[override])
+
+
+def test_unbounded_values_where_they_mean_no_limit():
+    cfg = load_config(preset="pad", overrides=["distill.threshold=.inf", "distill.unroll_budget_gib=.inf",
+                                               "device=CUDA:3", "distill.max_experts=null", "distill.lr_lr=0"])
+    assert cfg.distill.threshold == float("inf") and cfg.device == "CUDA:3"  # availability is checked at run time
+    assert load_config(preset="mtt").distill.threshold == float("inf")  # MTT never skips an update
+
+
+def test_non_utf8_config_is_one_line(tmp_path):
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00 ipc: 1")
+    with pytest.raises(PadistillError, match="bin.yaml: not a UTF-8 text file"):
+        load_config(path=tmp_path / "bin.yaml")
 
 
 def test_round_trip_through_yaml():

@@ -17,6 +17,7 @@ Under `torchrun` the process group is initialised here (gloo on CPU, nccl on CUD
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -133,6 +134,10 @@ def cmd_train(args) -> int:
     from padistill.context import prepare
     from padistill.evaluate import train_on_real
 
+    if args.per_class is not None and args.per_class < 1:
+        raise PadistillError(f"--per-class must be >= 1 (leave it out to train on all images); got {args.per_class}")
+    if args.epochs is not None and args.epochs < 0:
+        raise PadistillError(f"--epochs must be >= 0; got {args.epochs}")
     cfg = _resolve(args)
     res = train_on_real(prepare(cfg, log=_log), cfg, per_class=args.per_class, epochs=args.epochs, log=_log,
                         show_progress=not args.quiet)
@@ -319,8 +324,17 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `padistill list presets | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except FileNotFoundError as e:  # anything not caught closer to the source
-        print(f"padistill: error: {Path(e.filename or '')}: {e.strerror}", file=sys.stderr)
+    except OSError as e:  # a path problem not caught closer to the source: --out names a file, no permission, ...
+        if e.filename is None and e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f"{Path(e.filename)}: " if e.filename is not None else ""
+        what = e.strerror
+        if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename:
+            # name the file that stands where a folder should be (the path itself or one of its parents)
+            blocker = next((q for q in (Path(e.filename), *Path(e.filename).parents) if q.is_file()), None)
+            if blocker is not None:
+                where, what = f"{blocker}: ", "is a file; expected a folder (or a path that does not exist yet)"
+        print(f"padistill: error: {where}{what}", file=sys.stderr)
         return 2
 
 

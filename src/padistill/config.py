@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import io
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -232,8 +235,12 @@ def _read_yaml(path: Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise PadistillError(f"{path}: cannot read config ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise PadistillError(f"{path}: not a UTF-8 text file (expected a YAML config)") from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader) or {}
+        stream = io.StringIO(text)
+        stream.name = str(path)  # YAML marks (duplicate keys, syntax errors) then name the file
+        data = yaml.load(stream, Loader=_StrictLoader) or {}
     except yaml.YAMLError as e:
         raise PadistillError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -390,6 +397,20 @@ def _nest(path: list[str], value: Any) -> dict:
     return out
 
 
+# Fields where .inf means "no limit": MTT never skips an update; the full unroll graph is always allowed.
+_INF_OK = ("distill.threshold", "distill.unroll_budget_gib")
+
+
+def _numbers(obj: Any, prefix: str = ""):
+    """(dotted name, value) of every int/float field, sections included (not inside `options` dicts)."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            yield from _numbers(v, f"{prefix}{f.name}.")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            yield f"{prefix}{f.name}", v
+
+
 def validate(cfg: Config) -> Config:
     """Cross-field checks with one-line messages naming the field."""
     for dotted, allowed in CHOICES.items():
@@ -398,20 +419,53 @@ def validate(cfg: Config) -> Config:
             obj = getattr(obj, part)
         if obj not in allowed:
             raise PadistillError(f"config: '{dotted}' must be one of {', '.join(allowed)}; got {obj!r}")
-    d, e = cfg.distill, cfg.experts
-    positive = {"distill.ipc": d.ipc, "experts.epochs": e.epochs, "experts.batch": e.batch,
-                "eval.runs": cfg.eval.runs, "eval.batch": cfg.eval.batch, "scores.models": cfg.scores.models,
-                "experts.microbatch": e.microbatch, "eval.test_batch": cfg.eval.test_batch}
+    for dotted, v in _numbers(cfg):
+        if isinstance(v, float) and not math.isfinite(v) and not (v == math.inf and dotted in _INF_OK):
+            raise PadistillError(f"config: '{dotted}' must be a finite number; got {v}")
+    d, e, s, ev = cfg.distill, cfg.experts, cfg.scores, cfg.eval
+    positive = {"distill.ipc": d.ipc, "experts.epochs": e.epochs, "experts.batch": e.batch, "experts.num": e.num,
+                "eval.runs": ev.runs, "eval.batch": ev.batch, "scores.models": s.models, "scores.batch": s.batch,
+                "experts.microbatch": e.microbatch, "eval.test_batch": ev.test_batch,
+                "distill.batch_real": d.batch_real, "distill.outer_loop": d.outer_loop,
+                "distill.checkpoint_every": d.checkpoint_every, "distill.max_bad_steps": d.max_bad_steps}
+    if d.max_experts is not None:
+        positive["distill.max_experts"] = d.max_experts
     for k, v in positive.items():
         if v < 1:
             raise PadistillError(f"config: '{k}' must be >= 1; got {v}")
-    nonneg = {"distill.iterations": d.iterations, "distill.syn_steps": d.syn_steps, "experts.num": e.num,
-              "eval.epochs": cfg.eval.epochs, "distill.microbatch": d.microbatch, "scores.epochs": cfg.scores.epochs,
-              "data.val_per_class": cfg.data.val_per_class, "eval.microbatch": cfg.eval.microbatch,
-              "distill.unroll_budget_gib": d.unroll_budget_gib}
+    nonneg = {"distill.iterations": d.iterations, "distill.syn_steps": d.syn_steps,
+              "eval.epochs": ev.epochs, "distill.microbatch": d.microbatch, "scores.epochs": s.epochs,
+              "data.val_per_class": cfg.data.val_per_class, "eval.microbatch": ev.microbatch,
+              "distill.unroll_budget_gib": d.unroll_budget_gib, "distill.inner_loop": d.inner_loop,
+              "distill.eval_every": d.eval_every, "distill.eval_epochs": d.eval_epochs,
+              "distill.grid_every": d.grid_every, "experts.eval_every": e.eval_every,
+              "distill.expansion_end_iteration": d.expansion_end_iteration,
+              "distill.threshold": d.threshold,  # 0 skips every update; .inf never skips (MTT)
+              # learning rates of the synthetic set's optimisers: 0 freezes that part (an ablation)
+              "distill.lr_images": d.lr_images, "distill.lr_labels": d.lr_labels, "distill.lr_lr": d.lr_lr,
+              "scores.weight_decay": s.weight_decay, "experts.weight_decay": e.weight_decay,
+              "eval.weight_decay": ev.weight_decay, "experts.rho": e.rho, "experts.alpha": e.alpha,
+              "experts.schedule.add_end_epoch": e.schedule.add_end_epoch,
+              "experts.schedule.rm_epoch_first": e.schedule.rm_epoch_first,
+              "experts.schedule.rm_epoch_second": e.schedule.rm_epoch_second}
     for k, v in nonneg.items():
         if v < 0:
             raise PadistillError(f"config: '{k}' must be >= 0; got {v}")
+    # learning rates of networks trained by SGD, and ZCA's regulariser
+    for k, v in {"scores.lr": s.lr, "experts.lr": e.lr, "distill.syn_lr": d.syn_lr, "distill.net_lr": d.net_lr,
+                 "data.zca_eps": cfg.data.zca_eps}.items():
+        if not v > 0:
+            raise PadistillError(f"config: '{k}' must be > 0; got {v}")
+    for k, v in {"scores.momentum": s.momentum, "experts.momentum": e.momentum, "eval.momentum": ev.momentum,
+                 "distill.momentum_images": d.momentum_images, "distill.momentum_labels": d.momentum_labels,
+                 "distill.momentum_lr": d.momentum_lr}.items():
+        if not 0.0 <= v < 1.0:
+            raise PadistillError(f"config: '{k}' must be in [0, 1); got {v}")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device.strip().lower()):
+        raise PadistillError(f"config: 'device' must be auto, cpu, cuda or cuda:N; got {cfg.device!r}")
+    if d.label_model_epoch < -1:
+        raise PadistillError(f"config: 'distill.label_model_epoch' must be >= 0 or -1 (the last); got "
+                             f"{d.label_model_epoch}")
     for k, v in {"distill.select.ratio": d.select.ratio, "distill.prune.ratio": d.prune.ratio,
                  "experts.schedule.init_ratio": e.schedule.init_ratio,
                  "experts.schedule.rm_easy_ratio_first": e.schedule.rm_easy_ratio_first,

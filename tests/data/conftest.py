@@ -20,9 +20,10 @@ def write_cifar10(root: Path, per_batch: int = 6, protocol: int = 2, seed: int =
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     batches = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    for b, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
         data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
-        labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
+        # consecutive class ids across the batches, shuffled within each: every class has training images
+        labels = [int(v) for v in rng.permutation((np.arange(per_batch) + b * per_batch) % 10)]
         d = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
              b"filenames": [f"img_{name}_{i}.png".encode() for i in range(per_batch)]}
         (folder / name).write_bytes(pickle.dumps(d, protocol=protocol))
@@ -33,14 +34,14 @@ def write_cifar10(root: Path, per_batch: int = 6, protocol: int = 2, seed: int =
     return batches
 
 
-def write_cifar100(root: Path, n_train: int = 12, n_test: int = 5, seed: int = 1) -> dict:
+def write_cifar100(root: Path, n_train: int = 120, n_test: int = 5, seed: int = 1) -> dict:
     rng = np.random.default_rng(seed)
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     out = {}
     for name, n in (("train", n_train), ("test", n_test)):
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        fine = [int(v) for v in rng.integers(0, 100, size=n)]
+        fine = [int(v) for v in rng.permutation(np.arange(n) % 100)]  # train: every class present
         d = {b"filenames": [b"x.png"] * n, b"batch_label": name.encode(), b"fine_labels": fine,
              b"coarse_labels": [f // 5 for f in fine], b"data": data}
         (folder / name).write_bytes(pickle.dumps(d, protocol=2))

@@ -52,6 +52,7 @@ def test_validate_errors():
         (dict(x_test=ds.x_test[:, :1]), "test images have shape"),
         (dict(std=(0.2, 0.0, 0.2)), "std values must be positive"),
         (dict(mean=(0.5,)), "mean has 1 values, expected one per channel"),
+        (dict(y_train=torch.where(ds.y_train == 1, 0, ds.y_train)), "class.*'b'.* have no training images"),
     ]
     for change, pattern in cases:
         fields = dict(name=ds.name, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,

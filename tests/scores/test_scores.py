@@ -102,6 +102,28 @@ def test_scores_stage_outputs_manifest_and_reuse(tmp_path, tiny_prepared):
         run_scores(tiny_config(*TINY_SCORES, "scores.epochs=1"), tiny_prepared, out, **QUIET)
 
 
+def test_a_scores_folder_edited_after_the_fact_is_refused(tmp_path, tiny_prepared):
+    """The experts stage trusts ordering.pt: a replaced file or a manifest without the data fingerprint is refused
+    instead of training experts on whatever the file now holds."""
+    import shutil
+
+    from padistill.scores import load_scores_ordering
+
+    out = run_scores(tiny_config(*TINY_SCORES), tiny_prepared, tmp_path / "s", **QUIET)
+    assert load_scores_ordering(out, tiny_prepared).shape[0] == 10
+    edited = shutil.copytree(out, tmp_path / "edited")
+    atomic_save(load_tensors(edited / "ordering.pt")[:, :1].clone(), edited / "ordering.pt")  # a [10, 1] ordering
+    with pytest.raises(PadistillError, match=r"ordering.pt: changed since the scores stage wrote it"):
+        load_scores_ordering(edited, tiny_prepared)
+    for inputs, message in (({}, "records no data fingerprint"), ([1], "'inputs' must be a mapping")):
+        bare = shutil.copytree(out, tmp_path / f"bare{len(message)}")
+        m = json.loads((bare / "manifest.json").read_text())
+        m["inputs"] = inputs
+        (bare / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(PadistillError, match=message):
+            load_scores_ordering(bare, tiny_prepared)
+
+
 @pytest.mark.parametrize("method", ["grand", "loss", "uncertainty", "forgetting"])
 def test_other_scorers_produce_valid_orderings(tmp_path, tiny_prepared, method):
     cfg = tiny_config("scores.models=1", "scores.epochs=2", "scores.batch=128", f"scores.method={method}",

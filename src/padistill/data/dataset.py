@@ -94,6 +94,12 @@ class Dataset:
                                      f"[{int(y.min())}, {int(y.max())}]")
         if len(self.y_train) == 0:
             raise PadistillError(f"{where}: the training set is empty")
+        missing = sorted(set(range(self.num_classes)) - set(self.y_train.unique().tolist()))
+        if missing:
+            names = ", ".join(repr(self.class_names[c]) if c < len(self.class_names) else str(c) for c in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise PadistillError(f"{where}: class(es) {names}{more} have no training images (every class needs "
+                                 f"some to distil from)")
         if self.x_test.shape[1:] != self.x_train.shape[1:]:
             raise PadistillError(f"{where}: test images have shape {list(self.x_test.shape[1:])}, train "
                                  f"images {list(self.x_train.shape[1:])}")

@@ -145,12 +145,15 @@ def load_scores_ordering(scores_dir: str | Path, prepared) -> torch.Tensor:
     """The ordering of a finished scores folder, checked against the prepared training set.
 
     Refuses a folder computed on other data (another dataset, hold-out or preprocessing)."""
-    from padistill.utils.manifest import require_complete
+    from padistill.utils.manifest import MANIFEST, require_complete
 
     folder = Path(scores_dir)
-    m = require_complete(folder, "scores")
+    m = require_complete(folder, "scores", verify=("ordering.pt",))
     data_fp = (m.get("inputs") or {}).get("data")
-    if data_fp is not None and data_fp != prepared.fingerprint():
+    if data_fp is None:
+        raise PadistillError(f"{folder}: its {MANIFEST} records no data fingerprint ('inputs.data'), so the "
+                             "scores cannot be matched to this run's data; re-run `padistill scores`")
+    if data_fp != prepared.fingerprint():
         raise PadistillError(
             f"{folder}: scores were computed on other training data (fingerprint {data_fp}, this run has "
             f"{prepared.fingerprint()}: different dataset, validation hold-out or preprocessing); "

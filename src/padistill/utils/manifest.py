@@ -128,8 +128,11 @@ class StageDir:
         atomic_write_json(self.path / MANIFEST, manifest)
 
 
-def require_complete(folder: str | Path, stage: str) -> dict:
-    """Read the manifest of an input folder and insist that it is a finished `stage`."""
+def require_complete(folder: str | Path, stage: str, verify: tuple[str, ...] = ()) -> dict:
+    """Read the manifest of an input folder and insist that it is a finished `stage`.
+
+    `verify`: output files whose sha256 must still be the one the stage recorded (for small files that a
+    later stage trusts, e.g. an ordering; a file that is missing is left to its loader to report)."""
     m = read_manifest(folder)
     if m is None:
         raise PadistillError(f"{folder}: no {MANIFEST}; expected the output folder of `padistill {stage}`")
@@ -137,4 +140,19 @@ def require_complete(folder: str | Path, stage: str) -> dict:
         raise PadistillError(f"{folder}: is a '{m['stage']}' folder, expected '{stage}'")
     if m.get("status") != "complete":
         raise PadistillError(f"{folder}: the {stage} stage did not finish; re-run it to resume")
+    for field in ("inputs", "outputs", "settings"):
+        if not isinstance(m.get(field, {}), dict):
+            raise PadistillError(f"{Path(folder) / MANIFEST}: '{field}' must be a mapping; found "
+                                 f"{type(m[field]).__name__} (edited by hand?)")
+    outputs = m.get("outputs") or {}
+    for name in verify:
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        if name not in outputs:
+            raise PadistillError(f"{path}: not among the outputs recorded in {MANIFEST}; re-run "
+                                 f"`padistill {stage}`")
+        if sha256_file(path) != outputs[name]:
+            raise PadistillError(f"{path}: changed since the {stage} stage wrote it (its sha256 differs from "
+                                 f"{MANIFEST}); re-run `padistill {stage}` (or --overwrite)")
     return m
