@@ -73,6 +73,7 @@ def test_base_chain_relative_file_and_cycle(tmp_path):
     ("distill.label_model_epoch=-2", "'distill.label_model_epoch' must be >= 0 or -1"),
     ("data.zca_eps=0", "'data.zca_eps' must be > 0"),
     ("device=nonsense", "'device' must be auto, cpu, cuda or cuda:N"),
+    ("scores.method=file", "'scores.method' file needs 'scores.file'"),
 ])
 def test_validation_errors(override, message):
     with pytest.raises(PadistillError, match=message):

@@ -463,6 +463,8 @@ def validate(cfg: Config) -> Config:
             raise PadistillError(f"config: '{k}' must be in [0, 1); got {v}")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device.strip().lower()):
         raise PadistillError(f"config: 'device' must be auto, cpu, cuda or cuda:N; got {cfg.device!r}")
+    if cfg.scores.method == "file" and not cfg.scores.file:
+        raise PadistillError("config: 'scores.method' file needs 'scores.file' (an ordering file [C, N_c])")
     if d.label_model_epoch < -1:
         raise PadistillError(f"config: 'distill.label_model_epoch' must be >= 0 or -1 (the last); got "
                              f"{d.label_model_epoch}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +88,13 @@ def test_imagefolder_bad_inputs(tmp_path, builders):
         load_dataset("imagefolder", root=tmp_path / "nope")
     with pytest.raises(PadistillError, match=r"test_fraction must be in \[0, 1\)"):
         load_dataset("imagefolder", root=tmp_path / "imgs", test_fraction=1.0)
+
+
+def test_imagefolder_symlink_loop_is_refused(tmp_path, builders):
+    root = _folder(tmp_path, builders)
+    os.symlink(root / "cat", root / "cat" / "again")  # a link back to its own folder: os.walk would repeat it
+    with pytest.raises(PadistillError, match=r"cat/again: leads to .*cat, which was already read"):
+        load_dataset("imagefolder", root=root)
 
 
 def test_imagefolder_refuses_16bit(tmp_path, builders):

@@ -32,7 +32,16 @@ _GRAY_MODES = ("1", "L", "LA")
 def list_images(folder: Path) -> list[Path]:
     """Image files under `folder` (recursively) in ImageFolder order: sorted dirs, sorted names."""
     out = []
-    for dirpath, _, filenames in sorted(os.walk(folder, followlinks=True)):
+    seen: set[str] = set()  # real paths walked: a symlink back to a parent would otherwise loop (and repeat images)
+    walk = []
+    for dirpath, _, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            raise PadistillError(f"{dirpath}: leads to {real}, which was already read through another path (a "
+                                 f"symlink loop or a second link to the same folder); remove the link")
+        seen.add(real)
+        walk.append((dirpath, filenames))
+    for dirpath, filenames in sorted(walk):
         out.extend(Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS))
     return out
 
