@@ -243,14 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train and test a network on (a subset of) the real data")
     _add_config_args(p)
     p.add_argument("--per-class", type=int, default=None, help="random real images per class (default: all)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: eval.epochs)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs E (default: eval.epochs); as in the reference protocol, epochs 0..E are run")
     p.set_defaults(fn=cmd_train, default_preset="quickstart")
 
     p = sub.add_parser("eval", help="evaluate a distilled set with the paper's protocol")
     p.add_argument("run_dir", help="distill folder, or a run folder containing distill/")
     p.add_argument("--nets", nargs="+", help="architectures (default: the config's eval.nets)")
     p.add_argument("--runs", type=int, help="fresh networks per architecture")
-    p.add_argument("--epochs", type=int, help="training epochs per network")
+    p.add_argument("--epochs", type=int,
+                   help="training epochs E per network; as in the reference protocol, epochs 0..E are run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--device")
     p.add_argument("--data-root")
