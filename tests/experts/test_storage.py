@@ -87,3 +87,25 @@ def test_missing_folder_or_files(tmp_path):
         ExpertStore(tmp_path / "nope")
     with pytest.raises(PadistillError, match="no expert_XXXX.pt files"):
         ExpertStore(tmp_path)
+
+
+def test_non_finite_rows_are_refused_when_read(tmp_path):
+    """Rows are checked as they are read (a folder can be GBs, memory-mapped): the error names file and epoch."""
+    folder = make_folder(tmp_path / "e")
+    rows = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    rows[2, 1], rows[3, 5] = float("nan"), float("inf")
+    save_expert(folder, 1, rows.half(), {})  # float16 rows are checked too
+    store = ExpertStore(folder)
+    for call, epoch in ((lambda: store.checkpoint(1, 2), 2), (lambda: store.checkpoint(1, -1), 3),
+                        (lambda: store.pair(1, 1, 1), 2)):
+        with pytest.raises(PadistillError, match=rf"expert_0001\.pt: epoch {epoch} parameters contain NaN or Inf"):
+            call()
+    assert store.pair(1, 0, 1)[1].tolist() == list(range(6, 12))  # finite rows of that file still read
+    assert torch.isfinite(store.checkpoint(0, -1)).all()
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_max_experts_below_one_is_refused(tmp_path, n):
+    """-1 used to drop the last expert (files[:-1]), 0 to claim the folder held no expert files."""
+    with pytest.raises(PadistillError, match=rf"max_experts must be a positive integer or None; got {n}"):
+        ExpertStore(make_folder(tmp_path / "e"), max_experts=n)

@@ -1,6 +1,7 @@
 """The distillation outer loop shared by every matcher (TM, DC, DM).
 
-Input: a resolved config, the prepared data, and (for TM) an experts folder.
+Input: a resolved config, the prepared data, and (for TM) an experts folder (refused when its manifest records
+other data or another net).
 Output: a distill folder with images.pt / labels.pt / lr.pt / preprocess.pt, manifest.json,
 config.yaml, metrics.jsonl, checkpoint.pt and PNG grids (see `padistill.artifacts`).
 
@@ -8,7 +9,8 @@ Per iteration the matcher computes gradients and calls `syn.apply(grads)` (one o
 Around it the loop adds what research scripts lack:
 - resumable checkpoints every `checkpoint_every` iterations (atomic; images, labels, lr, optimiser
   momenta, counters; iteration randomness is derived from (seed, iteration), so a resumed run is
-  bit-identical to an uninterrupted one on CPU);
+  bit-identical to an uninterrupted one on CPU); a checkpoint that does not fit the run (structure, iteration
+  range, shapes, dtypes, optimiser settings, non-finite values) is refused with one line naming the field;
 - a non-finite loss or gradient skips the update, is counted and logged; after `max_bad_steps` in a row
   the run stops with a clear message (the last checkpoint is kept);
 - validation evaluations every `eval_every` iterations on a split held out from the TRAINING data
@@ -23,11 +25,13 @@ import math
 import time
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from padistill.artifacts import save_distilled, save_grid
 from padistill.config import Config, dump_yaml, to_dict
 from padistill.errors import PadistillError
+from padistill.nets import net_identity
 from padistill.utils.allocator import tune_cpu_allocator
 from padistill.utils.io import atomic_save, atomic_write_text, load_tensors
 from padistill.utils.loggers import MetricsLog
@@ -36,6 +40,7 @@ from padistill.utils.progress import progress_bar
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+COUNTERS = ("skipped", "nonfinite", "bad_streak", "applied")
 
 
 def rank_world() -> tuple[int, int]:
@@ -131,7 +136,9 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
     if d.method == "tm":
         if experts_dir is None:
             raise PadistillError("distill: trajectory matching needs --experts DIR (output of `padistill experts`)")
-        inputs["experts"] = require_complete(experts_dir, "experts")["key"]
+        manifest = require_complete(experts_dir, "experts")
+        _check_experts_match(experts_dir, manifest, cfg, inputs["data"])
+        inputs["experts"] = manifest["key"]
     elif d.prune.mode != "none" and d.prune.ratio > 0:
         if scores_dir is None:
             raise PadistillError(
@@ -153,13 +160,11 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
     matcher, model, layout, store = _build_matcher(cfg, prepared, experts_dir, scores_dir, syn_size, rank, world,
                                                    log)
     ckpt_path = out / CHECKPOINT
-    counters = {"skipped": 0, "nonfinite": 0, "bad_streak": 0, "applied": 0}
+    counters = dict.fromkeys(COUNTERS, 0)
     best = None
     start_it = 0
     if ckpt_path.is_file():
-        ck = load_tensors(ckpt_path, "distillation checkpoint")
-        syn = _initial_set_shell(cfg, prepared, ck)
-        start_it, counters, best = int(ck["iteration"]), dict(ck["counters"]), ck.get("best")
+        syn, start_it, counters, best = _resume(ckpt_path, cfg, prepared)
         log(f"distill: resuming {out} at iteration {start_it}")
         if rank == 0:
             _trim_metrics(out / METRICS, start_it)
@@ -214,15 +219,66 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
     return out
 
 
-def _initial_set_shell(cfg: Config, prepared, ck: dict):
-    """Rebuild the synthetic set (tensors + optimisers) from a checkpoint."""
-    from padistill.distill.synset import SyntheticSet
+def _resume(path: Path, cfg: Config, prepared):
+    """(synthetic set, iteration, counters, best) from checkpoint.pt, every field checked against this run."""
+    from padistill.distill.synset import SyntheticSet, require_keys
 
-    state = ck["synset"]
-    syn = SyntheticSet(state["images"].to(prepared.device), state["labels"].to(prepared.device),
-                       float(state["syn_lr"]), prepared.num_classes, cfg.distill)
-    syn.load_state_dict(state)
-    return syn
+    d, C = cfg.distill, prepared.num_classes
+    dev = prepared.device
+    # an empty set shaped like the one `_initial_set` makes (soft labels only for TM with label_init=soft)
+    labels = (torch.zeros(C * d.ipc, C, device=dev) if d.method == "tm" and d.label_init == "soft"
+              else torch.arange(C, device=dev).repeat_interleave(d.ipc))
+    syn = SyntheticSet(torch.zeros(C * d.ipc, *prepared.x_train.shape[1:], dtype=prepared.x_train.dtype, device=dev),
+                       labels, d.syn_lr, C, d)
+    ck = load_tensors(path, "distillation checkpoint")
+    try:
+        require_keys(ck, ("iteration", "synset", "counters", "best"), "checkpoint")
+        it, counters, best = ck["iteration"], require_keys(ck["counters"], COUNTERS, "counters"), ck["best"]
+        if not _is_int(it) or not 0 <= it <= d.iterations:
+            raise ValueError(f"iteration: expected an integer in 0..{d.iterations}, found {it!r}")
+        bad = [k for k in COUNTERS if not _is_int(counters[k]) or counters[k] < 0]
+        if bad:
+            raise ValueError(f"counters: {', '.join(f'{k}={counters[k]!r}' for k in bad)}; expected integers >= 0")
+        if best is not None:
+            require_keys(best, ("val_acc", "iteration"), "best")
+            acc, at = best["val_acc"], best["iteration"]
+            if not (isinstance(acc, (int, float)) and 0 <= acc <= 1 and _is_int(at) and 0 < at <= it):
+                raise ValueError(f"best: expected val_acc in [0, 1] and iteration in 1..{it}, found {best!r}")
+        syn.load_state_dict(ck["synset"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+        msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise PadistillError(f"{path}: unusable distillation checkpoint ({msg}); delete it to restart the "
+                             "distillation from iteration 0") from None
+    return syn, it, {k: counters[k] for k in COUNTERS}, best
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_experts_match(folder, manifest: dict, cfg: Config, data: str) -> None:
+    """Refuse experts trained on other data or with another net: the parameter count, checked later, cannot tell
+    ZCA from normalised inputs, or instance from batch norm. Only what the manifest records is compared."""
+    inputs, settings = (m if isinstance(m, dict) else {} for m in (manifest.get("inputs"), manifest.get("settings")))
+    theirs = inputs.get("data")
+    if theirs is not None and theirs != data:  # "<dataset>-<preprocessing>" fingerprints (Prepared.fingerprint)
+        why = "another dataset" if str(theirs).split("-")[0] != data.split("-")[0] else "other preprocessing"
+        raise PadistillError(f"{folder}: experts were trained on data {theirs}, the config's data is {data} "
+                             f"({why}); use experts trained on this data (data.name / data.preprocess / ...)")
+    if isinstance(settings.get("net"), dict):  # `padistill experts`
+        name, options = settings["net"].get("name"), settings["net"].get("options")
+    elif isinstance(settings.get("import"), dict):  # `padistill buffers import` records no data: only its net
+        name, options = settings["import"].get("net"), settings["import"].get("options")
+    else:
+        return
+    try:
+        same = net_identity(name, options or {}) == net_identity(cfg.net.name, cfg.net.options)
+    except (PadistillError, TypeError):  # an unknown or malformed net name / options in the manifest
+        same = False
+    if not same:
+        raise PadistillError(f"{folder}: experts were trained with net {name!r} options {options or {}}, the config "
+                             f"has net {cfg.net.name!r} options {cfg.net.options}; use the net the experts were "
+                             "trained with")
 
 
 def _validate(cfg: Config, prepared, syn, it: int, best: dict | None, out: Path, metrics_f, log) -> dict | None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from padistill.utils.io import require_tensor
+
 LR_FLOOR = 1e-8
 
 
@@ -82,10 +84,48 @@ class SyntheticSet:
                 "opt": {k: o.state_dict() for k, o in self.opt.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict()`. It must fit this set (shapes, dtypes, optimisers, the config's optimiser
+        settings) and hold finite values; otherwise ValueError / KeyError / TypeError naming the field."""
+        require_keys(state, ("images", "labels", "syn_lr", "lr_clamped", "opt"), "synset")
+        for name, t in (("images", self.images), ("labels", self.labels), ("syn_lr", self.syn_lr)):
+            v = require_tensor(state[name], f"synset.{name}", dtype=t.dtype, shape=tuple(t.shape))
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise ValueError(f"synset.{name}: contains NaN or Inf")
+        if not self.labels.is_floating_point() and not torch.equal(state["labels"], self.class_of_rows().cpu()):
+            raise ValueError("synset.labels: hard labels must be the class index of each row (class-major)")
+        if not float(state["syn_lr"]) > 0:
+            raise ValueError(f"synset.syn_lr: expected a positive learning rate, found {float(state['syn_lr'])}")
+        clamped = state["lr_clamped"]
+        if isinstance(clamped, bool) or not isinstance(clamped, int) or clamped < 0:
+            raise ValueError(f"synset.lr_clamped: expected a non-negative integer, found {clamped!r}")
+        require_keys(state["opt"], tuple(self.opt), "synset.opt")
         with torch.no_grad():
             self.images.copy_(state["images"])
             self.labels.copy_(state["labels"])
             self.syn_lr.copy_(state["syn_lr"])
-        self.lr_clamped = int(state["lr_clamped"])
+        self.lr_clamped = clamped
         for k, o in self.opt.items():
-            o.load_state_dict(state["opt"][k])
+            where = f"synset.opt.{k}"
+            ours = [{h: v for h, v in g.items() if h != "params"} for g in o.param_groups]
+            require_keys(state["opt"][k], ("state", "param_groups"), where)
+            o.load_state_dict(state["opt"][k])  # ValueError if the parameter groups do not fit
+            for g, mine in zip(o.param_groups, ours):
+                diff = [h for h, v in mine.items() if g.get(h) != v]
+                if diff:
+                    raise ValueError(f"{where}: {', '.join(f'{h}={g.get(h)!r}' for h in diff)} differ from the "
+                                     f"config's {', '.join(f'{h}={mine[h]!r}' for h in diff)}")
+                for t in g["params"]:
+                    buf = o.state.get(t, {}).get("momentum_buffer")
+                    if buf is not None and not torch.isfinite(require_tensor(
+                            buf, f"{where}: momentum buffer", dtype=t.dtype, shape=tuple(t.shape))).all():
+                        raise ValueError(f"{where}: momentum buffer contains NaN or Inf")
+
+
+def require_keys(obj, keys: tuple[str, ...], where: str) -> dict:
+    """`obj` must be a dict holding every key of `keys`; ValueError naming `where` otherwise."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a dict, found {type(obj).__name__}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise ValueError(f"{where}: missing {', '.join(map(repr, missing))}")
+    return obj

@@ -11,7 +11,8 @@ Layout of an experts folder (output of `padistill experts`):
     partial/expert_0000.pt           resumable state of an expert that is still training
 
 Readers memory-map the files (`torch.load(mmap=True)`), so asking for a start/target pair reads two
-rows, not the 100+ checkpoints of every expert. All loads use weights_only=True and validate shapes.
+rows, not the 100+ checkpoints of every expert. All loads use weights_only=True and validate shapes;
+`checkpoint` / `pair` check the rows they read for NaN / Inf (`trajectory` returns raw rows).
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ class ExpertStore:
             raise PadistillError(f"{self.folder}: experts folder not found")
         files = sorted(p for p in self.folder.iterdir() if EXPERT_RE.match(p.name))
         if max_experts is not None:
+            if isinstance(max_experts, bool) or not isinstance(max_experts, int) or max_experts < 1:
+                raise PadistillError(f"{self.folder}: max_experts must be a positive integer or None; "
+                                     f"got {max_experts!r}")
             files = files[:max_experts]
         if not files:
             raise PadistillError(f"{self.folder}: no expert_XXXX.pt files (run `padistill experts` first)")
@@ -117,7 +121,10 @@ class ExpertStore:
         e = self.epochs if epoch < 0 else epoch
         if not 0 <= e <= self.epochs:
             raise PadistillError(f"{self.files[i]}: epoch {epoch} out of range 0..{self.epochs}")
-        return p[e].to(device=device, dtype=torch.float32, copy=True)
+        row = p[e].to(device=device, dtype=torch.float32, copy=True)
+        if not torch.isfinite(row).all():  # checked when read: a whole folder can be GBs, memory-mapped
+            raise PadistillError(f"{self.files[i]}: epoch {e} parameters contain NaN or Inf")
+        return row
 
     def trajectory(self, i: int) -> torch.Tensor:
         """The whole [E+1, P] tensor of expert i as stored (memory-mapped: rows are read when used)."""

@@ -14,9 +14,9 @@ features), `features_by_layer` (per-stage features, shallow -> deep, logits last
 from padistill.nets import convnet, resnet, vgg, alexnet, lenet, mlp  # noqa: F401
 # isort: on
 from padistill.nets.layout import ParamLayout, depth_order, param_layout
-from padistill.nets.registry import build, count_params, list_nets, parse_net_name, register_net
+from padistill.nets.registry import build, count_params, list_nets, net_identity, parse_net_name, register_net
 
 __all__ = [
-    "ParamLayout", "build", "count_params", "depth_order", "list_nets", "param_layout", "parse_net_name",
-    "register_net",
+    "ParamLayout", "build", "count_params", "depth_order", "list_nets", "net_identity", "param_layout",
+    "parse_net_name", "register_net",
 ]

@@ -94,6 +94,16 @@ def parse_net_name(name: str) -> tuple[str, dict]:
     raise _unknown(name)
 
 
+def net_identity(name: str, options: dict | None = None) -> tuple[str, dict]:
+    """(family, every builder option with defaults filled in): two specs that build the same architecture get
+    the same identity (`convnet`, `convnet-3`, `ConvNet-3-IN` and convnet {depth: 3}), `-bn` and `-in` do not."""
+    family, parsed = parse_net_name(name)
+    fn = _REGISTRY[family].fn
+    defaults = {q.name: q.default for q in list(inspect.signature(fn).parameters.values())[3:]
+                if q.default is not inspect.Parameter.empty}
+    return family, {**defaults, **parsed, **(options or {})}
+
+
 def _parse_suffix(rest: str, name: str) -> dict:
     options: dict = {}
 
