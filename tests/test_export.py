@@ -145,3 +145,65 @@ def test_cli_export_import(run, tmp_path, capsys):
     assert main(["import", str(tmp_path / "png"), str(tmp_path / "c"), "--format", "imagefolder",
                  "--space", "zca", "--dataset", "digits"]) == 2
     assert "--space pixel" in capsys.readouterr().err
+
+
+def test_import_refuses_a_space_contradicting_the_export(run, tmp_path):
+    dd = export_set(run, tmp_path / "dd", **QUIET)  # zca model space
+    with pytest.raises(PadistillError, match=r"export\.json: .*zca space, not --space normalize"):
+        import_set(dd, tmp_path / "a", space="normalize", dataset="digits", **QUIET)
+    with pytest.raises(PadistillError, match=r"export\.json: .*zca space, not --space pixel"):
+        import_set(dd, tmp_path / "a", space="pixel", dataset="digits", **QUIET)
+    px = export_set(run, tmp_path / "px", space="pixel", **QUIET)
+    with pytest.raises(PadistillError, match=r"export\.json: .*pixel space, not --space zca"):
+        import_set(px, tmp_path / "a", space="zca", dataset="digits", **QUIET)
+    (dd / "export.json").unlink()  # the run's config.yaml still says how it was distilled
+    with pytest.raises(PadistillError, match=r"config\.yaml: .*data\.preprocess=zca, not --space normalize"):
+        import_set(dd, tmp_path / "a", space="normalize", dataset="digits", **QUIET)
+
+
+def test_unclamped_pixel_export_round_trips(tmp_path):
+    """A set whose de-whitened pixels leave [0, 1] (common after distillation) imports with --space pixel."""
+    root = make_run(tmp_path / "run", eval_prepared(), ipc=1, metrics=False)
+    images = root / "distill" / "images.pt"
+    torch.save(load_tensors(images) * 4, images)
+    src = load_distilled(root / "distill")
+    px = export_set(root, tmp_path / "px", space="pixel", **QUIET)
+    assert float(load_tensors(px / "images.pt").max()) > 1.5
+    got = load_distilled(import_set(px, tmp_path / "imp", space="pixel", dataset="digits", **QUIET))
+    assert torch.allclose(got.images, src.images, atol=1e-3)
+
+
+def test_import_refuses_broken_tensor_files(tmp_path):
+    src = tmp_path / "s"
+    src.mkdir()
+    torch.save(torch.randn(0, 1, 8, 8), src / "images.pt")
+    torch.save(torch.tensor(0.01), src / "lr.pt")
+    with pytest.raises(PadistillError, match=r"images\.pt: holds no images"):
+        import_set(src, tmp_path / "o", space="zca", dataset="digits", **QUIET)
+    torch.save(torch.randn(10, 1, 8, 8).index_fill(0, torch.tensor([2]), float("nan")), src / "images.pt")
+    with pytest.raises(PadistillError, match=r"images\.pt: contains NaN or Inf"):
+        import_set(src, tmp_path / "o", space="zca", dataset="digits", **QUIET)
+    torch.save(torch.randn(10, 1, 8, 8), src / "images.pt")
+    torch.save(torch.tensor([0.01, 0.02]), src / "lr.pt")
+    with pytest.raises(PadistillError, match=r"lr\.pt: holds 2 values, expected one number"):
+        import_set(src, tmp_path / "o", space="zca", dataset="digits", **QUIET)
+    torch.save(torch.tensor(0.01), src / "lr.pt")
+    torch.save(torch.arange(10).reshape(10, 1), src / "labels.pt")
+    with pytest.raises(PadistillError, match=r"integer labels must be classes \[N\]"):
+        import_set(src, tmp_path / "o", space="zca", dataset="digits", **QUIET)
+    torch.save(torch.tensor(3), src / "labels.pt")
+    with pytest.raises(PadistillError, match="one row per image"):
+        import_set(src, tmp_path / "o", space="zca", dataset="digits", **QUIET)
+
+
+def test_imagefolder_labels_contradicting_the_folders_are_refused(tmp_path):
+    root = make_run(tmp_path / "run", eval_prepared(), ipc=1, metrics=False)
+    torch.save(torch.arange(10), root / "distill" / "labels.pt")
+    out = export_set(root, tmp_path / "png", fmt="imagefolder", **QUIET)
+    torch.save(torch.arange(9, -1, -1), out / "labels.pt")  # says row 0 is class 9; folder 0 says class 0
+    with pytest.raises(PadistillError, match=r"labels\.pt: its classes disagree with the class folders"):
+        import_set(out, tmp_path / "imp", fmt="imagefolder", space="pixel", dataset="digits", **QUIET)
+    (out / "labels.pt").unlink()  # the folders alone decide
+    got = load_distilled(import_set(out, tmp_path / "imp", fmt="imagefolder", space="pixel", dataset="digits",
+                                    **QUIET))
+    assert torch.equal(got.labels, torch.arange(10))

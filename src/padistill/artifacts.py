@@ -68,19 +68,32 @@ def load_distilled(folder: str | Path, num_classes: int | None = None, prefix: s
                             str(folder / f"{prefix}images.pt"), dtype=(torch.float32, torch.float16), ndim=4)
     labels = load_tensors(folder / f"{prefix}labels.pt", "distilled labels")
     n = images.shape[0]
+    if n == 0:
+        raise PadistillError(f"{folder / f'{prefix}images.pt'}: holds no images")
     where = str(folder / f"{prefix}labels.pt")
     if isinstance(labels, torch.Tensor) and labels.ndim == 1:
         labels = require_tensor(labels, where, dtype=(torch.int64, torch.int32), shape=(n,)).long()
-        C = num_classes or int(labels.max()) + 1
+        lo, hi = int(labels.min()), int(labels.max())
+        C = num_classes or hi + 1
+        if lo < 0 or hi >= C:
+            raise PadistillError(f"{where}: hard labels must lie in [0, {C}); found [{lo}, {hi}]")
     else:
         labels = require_tensor(labels, where, dtype=(torch.float32, torch.float16), ndim=2).float()
         if labels.shape[0] != n:
             raise PadistillError(f"{where}: {labels.shape[0]} labels for {n} images")
+        if not torch.isfinite(labels).all():
+            raise PadistillError(f"{where}: contains NaN or Inf")
         C = labels.shape[1]
     if num_classes is not None and C != num_classes:
         raise PadistillError(f"{where}: labels describe {C} classes, the dataset has {num_classes}")
     if n % C != 0:
         raise PadistillError(f"{folder}: {n} images is not a whole number of images per class for {C} classes")
+    # Every producer (distill, import) writes the set class by class: rows c*IPC..(c+1)*IPC-1 are class c. Export
+    # (PNG folders) and the evaluation's random baseline rely on it, so hard labels must say exactly that.
+    if labels.ndim == 1 and not torch.equal(labels, torch.arange(C).repeat_interleave(n // C)):
+        raise PadistillError(f"{where}: hard labels must be {n // C} of each class, class by class (rows "
+                             f"c*IPC..(c+1)*IPC-1 are class c); found {labels[:12].tolist()}"
+                             f"{'...' if n > 12 else ''}; re-import the set with `padistill import`")
     lr_path = folder / f"{prefix}lr.pt"
     lr = require_tensor(load_tensors(lr_path, "learned lr"), str(lr_path), dtype=(torch.float32, torch.float64))
     if lr.numel() != 1 or not math.isfinite(float(lr)) or float(lr) <= 0:

@@ -230,7 +230,8 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping from `path` (strict: duplicate keys refused); one-line errors naming the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -292,7 +293,7 @@ def _resolve_base(base: str, current: Path) -> Path:
 def _load_layers(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
     if path in chain:
         raise PadistillError(f"{path}: circular 'base:' chain")
-    data = _read_yaml(path)
+    data = read_yaml(path)
     base = data.pop("base", None)
     layers: list[tuple[Path, dict]] = []
     if base is not None:

@@ -22,7 +22,9 @@ run folder containing `distill/`. Output: a folder in one of these layouts (spec
 Import (`import_set`): the same layouts, plus MTT / DATM / PAD `images_best.pt` / `labels_best.pt` /
 `lr_best.pt` (the same tensors under other names), given the dataset and the space the images are in:
 zca or normalize (kept as they are; the transform is fitted on the dataset exactly as `prepare` does)
-or pixel (converted into the configured model space, `preprocess`, default zca). Output: a folder in
+or pixel (converted into the configured model space, `preprocess`, default zca); a --space that contradicts
+our own export.json / config.yaml is refused, as is a labels.pt beside PNG folders that disagrees with
+them. Every file is untrusted: empty or non-finite tensors and bad labels are refused. Output: a folder in
 our format (`padistill.artifacts`) with a stage manifest ('import') and config.yaml, ready for
 `padistill eval`. Round trips: model-space export -> import gives identical tensors; PNG round trips
 agree within 1/255 in pixel space.
@@ -63,7 +65,7 @@ def export_set(run_dir: str | Path, out: str | Path, fmt: str = "ddranking", spa
     `prefix='best_'` exports the set selected on validation (best_*.pt) instead of the final one."""
     from padistill.artifacts import load_distilled
     from padistill.data.transforms import Preprocessor
-    from padistill.evaluate.stage import find_distill_dir, read_set_config
+    from padistill.evaluate.stage import check_set_folder, find_distill_dir, read_set_config
 
     if fmt not in FORMATS:
         raise PadistillError(f"export: format must be one of {', '.join(FORMATS)}; got {fmt!r}")
@@ -73,8 +75,10 @@ def export_set(run_dir: str | Path, out: str | Path, fmt: str = "ddranking", spa
     if fmt == "imagefolder" and space != "pixel":
         raise PadistillError("export: an ImageFolder holds PNG pixels; use --space pixel (the default for it)")
     folder = find_distill_dir(run_dir)
-    syn = load_distilled(folder, prefix=prefix)
+    check_set_folder(folder)
     cfg = read_set_config(folder) if (folder / "config.yaml").is_file() else None
+    class_names = _class_names(cfg)
+    syn = load_distilled(folder, num_classes=len(class_names) if class_names else None, prefix=prefix)
     out = Path(out)
     old = _prepare_out(out)
     labels = syn.labels.float() if syn.labels.is_floating_point() else syn.labels.long()
@@ -90,7 +94,7 @@ def export_set(run_dir: str | Path, out: str | Path, fmt: str = "ddranking", spa
         images = syn.images if space == "model" else syn.pre.inverse(syn.images)
         atomic_save(images.detach().cpu().float().contiguous(), out / "images.pt")
     else:
-        names = _folder_names(_class_names(cfg, syn.num_classes))
+        names = _folder_names(class_names or [f"class{c}" for c in range(syn.num_classes)])
         for name in old:  # class folders of a previous export into the same folder
             if name not in names and (out / name).is_dir():
                 shutil.rmtree(out / name)
@@ -131,18 +135,17 @@ def _prepare_out(out: Path) -> list[str]:
     return []
 
 
-def _class_names(cfg, num_classes: int) -> list[str]:
+def _class_names(cfg) -> list[str] | None:
+    """The class names of the config's dataset; None when unknown (numbered folders still import correctly)."""
     if cfg is not None:
         try:
             from padistill.data import load_dataset
 
             d = cfg.data
-            names = load_dataset(d.name, root=d.root, download=False, **d.options).class_names
-            if len(names) == num_classes:
-                return list(names)
+            return list(load_dataset(d.name, root=d.root, download=False, **d.options).class_names)
         except PadistillError:
-            pass  # dataset not on this machine: numbered folders still import correctly
-    return [f"class{c}" for c in range(num_classes)]
+            pass  # dataset not on this machine
+    return None
 
 
 def _folder_names(names: list[str]) -> list[str]:
@@ -196,6 +199,11 @@ def _import_config(src: Path, dataset: str, data_root, space: str, preprocess: s
         if not _same_name(cfg.data.name, dataset):
             raise PadistillError(f"{src / 'config.yaml'}: the set was made from dataset '{cfg.data.name}', "
                                  f"not '{dataset}'")
+        made = cfg.data.preprocess
+        if space != "pixel" and made != space:
+            raise PadistillError(f"{src / 'config.yaml'}: the set was made with data.preprocess={made}, not "
+                                 f"--space {space}; pass --space {'pixel' if made == 'none' else made}"
+                                 f"{'' if made == 'none' else ' (or pixel for pixel images)'}")
         extra = [] if space == "pixel" and preprocess is None else [f"data.preprocess={target}"]
         if data_root:
             extra.append(f"data.root={data_root}")
@@ -204,6 +212,24 @@ def _import_config(src: Path, dataset: str, data_root, space: str, preprocess: s
     if data_root:
         extra.append(f"data.root={data_root}")
     return load_config(overrides=extra)
+
+
+def _stated_space(src: Path, space: str) -> bool:
+    """Whether our export.json in `src` states the images' space; refuses a --space that contradicts it."""
+    if not (src / EXPORT_INFO).is_file():
+        return False
+    from padistill.utils.io import read_json
+
+    info = read_json(src / EXPORT_INFO, "export info")
+    recorded = info.get("space") if isinstance(info, dict) else None
+    if recorded == "model":  # the images are in the run's model space ("none" = pixels)
+        recorded = "pixel" if info.get("preprocess") == "none" else info.get("preprocess")
+    if recorded not in IMPORT_SPACES:
+        return False
+    if recorded != space:
+        raise PadistillError(f"{src / EXPORT_INFO}: the images were exported in {recorded} space, not "
+                             f"--space {space}; pass --space {recorded}")
+    return True
 
 
 def _same_name(a: str, b: str) -> bool:
@@ -226,6 +252,10 @@ def _read_tensor_set(src: Path) -> tuple[torch.Tensor, torch.Tensor | None, torc
         raise PadistillError(f"{src}: no images.pt or images_best.pt (DD-Ranking / MTT / DATM / PAD tensors)")
     images = require_tensor(load_tensors(ipath, "images"), str(ipath),
                             dtype=(torch.float32, torch.float16, torch.float64), ndim=4).float()
+    if not len(images):
+        raise PadistillError(f"{ipath}: holds no images (shape {list(images.shape)})")
+    if not torch.isfinite(images).all():
+        raise PadistillError(f"{ipath}: contains NaN or Inf")
     lpath, rpath = _find(src, "labels"), _find(src, "lr")
     labels = load_tensors(lpath, "labels") if lpath else None
     lr = load_tensors(rpath, "lr") if rpath else None
@@ -277,6 +307,7 @@ def import_set(src: str | Path, out: str | Path, fmt: str = "ddranking", space: 
         raise PadistillError("import: PNG images are pixels; use --space pixel with --format imagefolder")
     if not src.is_dir():
         raise PadistillError(f"{src}: source folder not found")
+    stated = _stated_space(src, space)  # else guess from the values below
     cfg = _import_config(src, dataset, data_root, space, preprocess)
     ds, pre = fit_transform(cfg, log)
     C = ds.num_classes
@@ -284,13 +315,13 @@ def import_set(src: str | Path, out: str | Path, fmt: str = "ddranking", space: 
     if fmt == "ddranking":
         images, labels, lr_t, used = _read_tensor_set(src)
         _check_shape(images, pre, ds.name, used[0])
+        lo, hi = float(images.min()), float(images.max())
         if space == "pixel":
-            lo, hi = float(images.min()), float(images.max())
-            if lo < -0.5 or hi > 1.5:
+            if not stated and (lo < -0.5 or hi > 1.5):  # our unclamped pixel exports may exceed [0, 1]
                 raise PadistillError(f"{used[0]}: values span [{lo:.2f}, {hi:.2f}]; pixel-space images lie in "
                                      "[0, 1] — is --space right?")
             images = pre.pre(images)
-        elif float(images.min()) >= 0.0 and float(images.max()) <= 1.0 and len(images) > 1:
+        elif not stated and lo >= 0.0 and hi <= 1.0 and len(images) > 1:
             raise PadistillError(f"{used[0]}: every value lies in [0, 1], which is pixel space, not {space} "
                                  "(pass --space pixel)")
     else:
@@ -300,19 +331,25 @@ def import_set(src: str | Path, out: str | Path, fmt: str = "ddranking", space: 
         labels, lr_t = (load_tensors(src / "labels.pt", "labels") if (src / "labels.pt").is_file() else None,
                         load_tensors(src / "lr.pt", "lr") if (src / "lr.pt").is_file() else None)
         used = [src / n for n in ("labels.pt", "lr.pt") if (src / n).is_file()]
-        if labels is None or not isinstance(labels, torch.Tensor) or len(labels) != len(hard):
+        if labels is None:
             labels = hard
         else:  # the folders must agree with the labels saved beside them
-            cls = labels if labels.ndim == 1 else torch.arange(C).repeat_interleave(len(labels) // C)
-            if len(labels) % C or not torch.equal(cls.long(), hard):
-                labels = hard
+            ok = isinstance(labels, torch.Tensor) and labels.ndim in (1, 2) and len(labels) == len(hard) \
+                and len(hard) % C == 0
+            cls = (labels if labels.ndim == 1 else torch.arange(C).repeat_interleave(len(hard) // C)) if ok else None
+            if not ok or not torch.equal(cls.long(), hard):
+                raise PadistillError(f"{src / 'labels.pt'}: its classes disagree with the class folders ({len(hard)} "
+                                     "images); remove it to take the labels from the folders")
     images, labels = _class_contiguous(images, labels, C, where)
     if lr is not None:
         lr_value = float(lr)
-    elif isinstance(lr_t, torch.Tensor) and lr_t.numel() == 1:
-        lr_value = float(lr_t.reshape(()))
-    else:
+    elif lr_t is None:
         raise PadistillError(f"{where}: no lr.pt / lr_best.pt (one number); pass --lr")
+    elif not isinstance(lr_t, torch.Tensor) or lr_t.numel() != 1:
+        found = f"{lr_t.numel()} values" if isinstance(lr_t, torch.Tensor) else type(lr_t).__name__
+        raise PadistillError(f"{_find(src, 'lr')}: holds {found}, expected one number (the lr; or pass --lr)")
+    else:
+        lr_value = float(lr_t.reshape(()))
     if not (math.isfinite(lr_value) and lr_value > 0):
         raise PadistillError(f"{where}: the lr must be a positive number; got {lr_value}")
     ipc = len(images) // C
@@ -346,12 +383,15 @@ def _class_contiguous(images: torch.Tensor, labels, C: int, where: str) -> tuple
     """Validate labels and order the rows class by class (hard labels are sorted stably; soft-label
     rows are taken to be class-contiguous already, as DD-Ranking / MTT / DATM / PAD write them)."""
     n = len(images)
+    if not n:
+        raise PadistillError(f"{where}: the set holds no images")
     if labels is None:
         if n % C:
             raise PadistillError(f"{where}: no labels and {n} images are not a whole number per class for {C} classes")
         return images, torch.arange(C).repeat_interleave(n // C)
-    if not isinstance(labels, torch.Tensor):
-        raise PadistillError(f"{where}: labels must be a tensor, found {type(labels).__name__}")
+    if not isinstance(labels, torch.Tensor) or labels.ndim == 0:
+        found = f"shape {list(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise PadistillError(f"{where}: labels must be a tensor with one row per image, found {found}")
     if len(labels) != n:
         raise PadistillError(f"{where}: {len(labels)} labels for {n} images")
     if labels.is_floating_point():
@@ -362,7 +402,10 @@ def _class_contiguous(images: torch.Tensor, labels, C: int, where: str) -> tuple
         if not torch.isfinite(labels).all():
             raise PadistillError(f"{where}: labels contain NaN or Inf")
         return images, labels.float()
-    labels = labels.long().reshape(-1)
+    if labels.ndim != 1:
+        raise PadistillError(f"{where}: integer labels must be classes [N]; found {labels.dtype} "
+                             f"{list(labels.shape)}")
+    labels = labels.long()
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= C):
         raise PadistillError(f"{where}: hard labels must lie in [0, {C}); found [{int(labels.min())}, "
                              f"{int(labels.max())}]")

@@ -178,3 +178,7 @@ def test_bad_inputs_are_one_line_errors(prepared):
     with pytest.raises(PadistillError, match="labels"):
         train_and_test(_net(prepared), x, y[:-1], 0.01, prepared.x_test, prepared.y_test, Protocol(epochs=0),
                        gen=generator(0))
+    # no test images (an image folder split with test_fraction 0): refused instead of reporting nan ± nan
+    with pytest.raises(PadistillError, match="the test set is empty"):
+        evaluate(x, y, 0.01, net="convnet", num_classes=prepared.num_classes, channels=prepared.channels,
+                 im_size=prepared.image_size, x_test=prepared.x_test[:0], y_test=prepared.y_test[:0], epochs=0, runs=1)

@@ -286,6 +286,9 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, lr, *, net: str, num_cl
                              microbatch=microbatch or None, test_batch=test_batch)
     if runs < 1:
         raise PadistillError(f"eval: runs must be >= 1; got {runs}")
+    if len(y_test) == 0:
+        raise PadistillError("eval: the test set is empty, so there is no accuracy to report (give the dataset test "
+                             "images, e.g. a larger data.options.test_fraction for image folders)")
     lr = float(lr.detach().cpu()) if isinstance(lr, torch.Tensor) else float(lr)
     dev = torch.device(device) if device is not None else images.device
     x = images.detach().to(dev, torch.float32).contiguous()

@@ -126,12 +126,19 @@ def load_teacher(spec: str, prepared, cfg, distill_dir: str | Path | None = None
         if obj.ndim != 1 or obj.numel() != layout.total or not obj.is_floating_point():
             raise PadistillError(f"{path}: expected a flat float vector of {layout.total} parameters "
                                  f"(net '{cfg.net.name}'), found {obj.dtype} {list(obj.shape)}")
+        _require_finite(obj, path, "the parameter vector")
         model.load_state_dict(layout.unflatten(obj.float()), strict=False)
         return Teacher(model.to(prepared.device), batch_stats=has_batch_statistics(model), name=str(path))
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise PadistillError(f"{path}: expected a state_dict or a flat parameter vector, found {type(obj).__name__}")
+    for k, ref in model.state_dict().items():  # float entries (not e.g. num_batches_tracked) must be finite floats
+        v = obj.get(k)
+        if ref.is_floating_point() and isinstance(v, torch.Tensor):
+            if not v.is_floating_point():
+                raise PadistillError(f"{path}: '{k}' must be floating point, found {v.dtype}")
+            _require_finite(v, path, f"'{k}'")
     try:
         model.load_state_dict(obj, strict=True)
     except RuntimeError as e:
@@ -139,6 +146,11 @@ def load_teacher(spec: str, prepared, cfg, distill_dir: str | Path | None = None
         raise PadistillError(f"{path}: not a checkpoint of net '{cfg.net.name}' "
                              f"({first[1].strip() if len(first) > 1 else first[0]})") from None
     return Teacher(model.to(prepared.device), batch_stats=False, name=str(path))
+
+
+def _require_finite(t: torch.Tensor, path: Path, what: str) -> None:
+    if not torch.isfinite(t).all():
+        raise PadistillError(f"{path}: {what} contains NaN or Inf; not a usable teacher")
 
 
 def _from_experts(folder: Path, index: int, model, layout, device) -> Teacher:

@@ -20,9 +20,7 @@ import copy
 import time
 from pathlib import Path
 
-import yaml
-
-from padistill.config import dump_yaml, from_dict, parse_override, to_dict
+from padistill.config import dump_yaml, from_dict, parse_override, read_yaml, to_dict
 from padistill.errors import PadistillError
 from padistill.evaluate.api import cross_arch
 from padistill.evaluate.protocol import Protocol
@@ -50,13 +48,7 @@ def read_set_config(folder: Path):
     path = folder / "config.yaml"
     if not path.is_file():
         raise PadistillError(f"{path}: not found; the set's dataset and preprocessing are unknown")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise PadistillError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise PadistillError(f"{path}: expected a mapping at the top level")
-    return from_dict(data, where=str(path))
+    return from_dict(read_yaml(path), where=str(path))
 
 
 def apply_overrides(cfg, overrides) -> object:
@@ -74,7 +66,8 @@ def apply_overrides(cfg, overrides) -> object:
     return cfg
 
 
-def _check_set_folder(folder: Path) -> dict:
+def check_set_folder(folder: Path) -> dict:
+    """The manifest of a finished distill / import folder; refuses anything else (eval, export)."""
     m = read_manifest(folder)
     if m is None:
         raise PadistillError(f"{folder}: no manifest.json; expected the output of `padistill distill` or "
@@ -101,7 +94,7 @@ def run_eval(run_dir: str | Path, overrides=(), nets=None, runs: int | None = No
 
     t0 = time.perf_counter()
     folder = find_distill_dir(run_dir)
-    manifest = _check_set_folder(folder)
+    manifest = check_set_folder(folder)
     cfg = copy.deepcopy(prepared.config) if prepared is not None else read_set_config(folder)
     extra = list(overrides or ())
     if nets:
