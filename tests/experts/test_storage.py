@@ -104,6 +104,18 @@ def test_non_finite_rows_are_refused_when_read(tmp_path):
     assert torch.isfinite(store.checkpoint(0, -1)).all()
 
 
+def test_buffers_export_refuses_non_finite_experts(tmp_path):
+    """`buffers export` reads whole trajectories: a NaN epoch is named instead of being handed on."""
+    from padistill.experts.interop import export_replay_buffers
+
+    folder = make_folder(tmp_path / "e")
+    rows = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    rows[2, 1] = float("nan")
+    save_expert(folder, 1, rows, {})
+    with pytest.raises(PadistillError, match=r"expert_0001\.pt: epoch 2 parameters contain NaN or Inf"):
+        export_replay_buffers(folder, tmp_path / "buf", log=lambda *_: None)
+
+
 @pytest.mark.parametrize("n", [0, -1])
 def test_max_experts_below_one_is_refused(tmp_path, n):
     """-1 used to drop the last expert (files[:-1]), 0 to claim the folder held no expert files."""

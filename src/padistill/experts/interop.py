@@ -142,6 +142,9 @@ def export_replay_buffers(src: str | Path, out: str | Path, per_file: int = 10, 
         buffer = []
         for i in range(first, min(first + per_file, len(store))):
             rows = store.trajectory(i)
+            bad = (~torch.isfinite(rows)).any(dim=1).nonzero().flatten()
+            if len(bad):  # never hand NaN experts on: the published code would match against them silently
+                raise PadistillError(f"{store.files[i]}: epoch {int(bad[0])} parameters contain NaN or Inf")
             # clone(): a view would make torch.save write the whole underlying [E+1, P] storage per tensor
             buffer.append([[t.to(torch.float32).clone() for t in _split(rows[e], store.layout)]
                            for e in range(rows.shape[0])])
