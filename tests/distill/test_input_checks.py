@@ -54,6 +54,18 @@ def test_experts_of_another_net_with_as_many_parameters_are_refused(tmp_path, ti
     assert str(folder) in msg and "the config has net 'convnet-2'" in msg
 
 
+def test_experts_whose_layout_lists_other_tensors_are_refused(tmp_path, tiny_prepared, tiny_experts):
+    """Same parameter count, other shapes (an edited layout.json, or another architecture): refused before the
+    depth cut of FIEM is computed on a layout that does not line up."""
+    folder = copy_experts(tmp_path, tiny_experts)
+    layout = json.loads((folder / "layout.json").read_text())
+    first = layout["shapes"][0]
+    layout["shapes"][0] = [first[1], first[0], *first[2:]]  # transpose the first tensor: same number of values
+    (folder / "layout.json").write_text(json.dumps(layout))
+    msg = refused(tmp_path, tiny_prepared, folder, r"layout.json: parameter #0 has shape")
+    assert "same total, other tensors" in msg
+
+
 def test_imported_buffers_of_another_net_are_refused(tmp_path, tiny_prepared, tiny_experts):
     """`buffers import` records no data fingerprint, but its --net is compared."""
     from padistill.experts.interop import export_replay_buffers, import_replay_buffers

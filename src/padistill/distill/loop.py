@@ -77,6 +77,13 @@ def _build_matcher(cfg: Config, prepared, experts_dir, scores_dir, syn_size: int
         if store.layout.total != layout.total:
             raise PadistillError(f"{experts_dir}: experts have {store.layout.total} parameters, "
                                  f"net '{cfg.net.name}' has {layout.total}; use the net the experts were trained with")
+        theirs = [tuple(sh) for sh in store.layout.shapes]
+        ours = [tuple(sh) for sh in layout.shapes]
+        if theirs != ours:  # same total, other tensors: FIEM's depth cut and the layers would not line up
+            k = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
+            a, b = (list(x[k]) if k < len(x) else "nothing" for x in (theirs, ours))
+            raise PadistillError(f"{experts_dir}/layout.json: parameter #{k} has shape {a}, net '{cfg.net.name}' has "
+                                 f"{b} (same total, other tensors); use the net the experts were trained with")
         if store.epochs < d.max_start_epoch - 1 + d.expert_epochs:
             raise PadistillError(f"{experts_dir}: experts have {store.epochs} epochs; the start window needs "
                                  f"{d.max_start_epoch - 1 + d.expert_epochs}")
