@@ -89,8 +89,13 @@ def test_object_arrays_and_garbage_refused(tmp_path):
     with pytest.raises(PadistillError, match="obj.npz: cannot read npz archive"):
         load_dataset("npz", path=str(tmp_path / "obj.npz"))
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(PadistillError, match="junk.npz: cannot read npz archive"):
+    with pytest.raises(PadistillError, match="junk.npz: not an .npz archive"):
         load_dataset("npz", path=str(tmp_path / "junk.npz"))
+    np.save(tmp_path / "plain.npy", x)  # a .npy (or a pickle) under an .npz name: no talk of allow_pickle
+    (tmp_path / "plain.npy").rename(tmp_path / "plain.npz")
+    with pytest.raises(PadistillError, match="plain.npz: not an .npz archive") as e:
+        load_dataset("npz", path=str(tmp_path / "plain.npz"))
+    assert "allow_pickle" not in str(e.value)
     with pytest.raises(PadistillError, match="data.npz not found"):
         load_dataset("npz", root=tmp_path)
 

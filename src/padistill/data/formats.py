@@ -41,6 +41,8 @@ def read_npz(path: str | Path) -> NpzArrays:
     path = Path(path)
     if not path.is_file():
         raise PadistillError(f"{path}: npz dataset file not found")
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle / .npy and talk about allow_pickle
+        raise PadistillError(f"{path}: not an .npz archive (expected a zip of arrays written by numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as z:  # allow_pickle=False: an npz must not run code
             arrays = {k: z[k] for k in z.files}
