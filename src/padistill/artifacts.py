@@ -53,9 +53,10 @@ def save_distilled(folder: str | Path, images: torch.Tensor, labels: torch.Tenso
     atomic_save(lab.to(torch.float32).contiguous() if lab.is_floating_point() else lab.to(torch.int64),
                 folder / names[1])
     atomic_save(lr.detach().to("cpu", torch.float32).reshape(()), folder / names[2])
-    if pre is not None and not (folder / "preprocess.pt").is_file():
-        pre.save(folder / "preprocess.pt")
-        names.append("preprocess.pt")
+    if pre is not None:
+        if not (folder / "preprocess.pt").is_file():  # one transform per folder (best_* and the final set share it)
+            pre.save(folder / "preprocess.pt")
+        names.append("preprocess.pt")  # listed even when an earlier save (or a killed run) wrote it
     return names
 
 

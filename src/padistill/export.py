@@ -365,7 +365,7 @@ def import_set(src: str | Path, out: str | Path, fmt: str = "ddranking", space: 
         log(f"import: {out} is complete (same source and settings); reusing it")
         return out
     pre.save(out / "preprocess.pt")  # always this transform (save_distilled keeps an existing file)
-    outputs = save_distilled(out, images, labels, torch.tensor(lr_value), pre) + ["preprocess.pt"]
+    outputs = save_distilled(out, images, labels, torch.tensor(lr_value), pre)
     save_grid(pre.inverse(images), out / "grid_final.png", nrow=ipc)
     stage.complete(outputs, source=str(src))
     log(f"import: {src} ({fmt}, {space} space) -> {out}: {len(images)} images, {ipc} per class, "

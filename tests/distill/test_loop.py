@@ -71,6 +71,35 @@ def test_resume_after_crash_is_bit_identical(tmp_path, tiny_prepared, tiny_exper
     assert strip(out) == strip(ref)
 
 
+def test_killed_before_the_first_checkpoint_starts_clean(tmp_path, tiny_prepared, tiny_experts, monkeypatch):
+    """No checkpoint yet: the re-run starts at iteration 0, so the killed attempt's metric lines and half-written
+    temp files must go (they used to stay: duplicated iterations in metrics.jsonl and the report)."""
+    extra = ("distill.iterations=4", "distill.checkpoint_every=100")
+    ref = run(tmp_path, tiny_prepared, tiny_experts, *extra, name="ref")
+
+    from padistill.match import trajectory
+
+    real_step = trajectory.TrajectoryMatcher.step
+
+    def crashing_step(self, it, syn, update):
+        if it == 3:
+            raise KeyboardInterrupt
+        return real_step(self, it, syn, update)
+
+    monkeypatch.setattr(trajectory.TrajectoryMatcher, "step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, tiny_prepared, tiny_experts, *extra, name="crash")
+    crash = tmp_path / "crash"
+    assert not (crash / "checkpoint.pt").exists() and len((crash / "metrics.jsonl").read_text().splitlines()) == 3
+    (crash / ".checkpoint.pt.abcd1234.tmp").write_bytes(b"half a checkpoint")  # as a SIGKILL mid-write leaves it
+    monkeypatch.setattr(trajectory.TrajectoryMatcher, "step", real_step)
+    out = run(tmp_path, tiny_prepared, tiny_experts, *extra, name="crash")
+    assert [json.loads(x)["it"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
+    assert not list(out.glob(".*.tmp"))
+    m, m_ref = (json.loads((p / "manifest.json").read_text()) for p in (out, ref))
+    assert "preprocess.pt" in m["outputs"] and m["outputs"] == m_ref["outputs"]  # the same files, the same bytes
+
+
 def test_threshold_zero_skips_every_update(tmp_path, tiny_prepared, tiny_experts):
     out = run(tmp_path, tiny_prepared, tiny_experts, "distill.threshold=0.0")
     ck = load_tensors(out / "checkpoint.pt")

@@ -178,6 +178,8 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
     else:
         syn = _initial_set(cfg, prepared, model, layout, store, log)
         if rank == 0:
+            # a run killed before its first checkpoint starts again at 0: its metric lines go too
+            _trim_metrics(out / METRICS, 0)
             save_grid(prepared.pre.inverse(syn.images.detach()), out / "grid_init.png", nrow=d.ipc)
     metrics_f = MetricsLog(out / METRICS, d.loggers, name=cfg.name, config=to_dict(cfg)) if rank == 0 else None
     bar = progress_bar(range(start_it, d.iterations), desc="distill", initial=start_it, total=d.iterations,
@@ -217,6 +219,7 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
             metrics_f.close()
     if rank == 0:
         outputs = save_distilled(out, syn.images, syn.labels, syn.syn_lr, prepared.pre)
+        outputs += [n for n in ("best_images.pt", "best_labels.pt", "best_lr.pt") if (out / n).is_file()]
         save_grid(prepared.pre.inverse(syn.images.detach()), out / "grid_final.png", nrow=d.ipc)
         stage.complete(outputs, counters=counters, best=best, iterations=d.iterations)
         log(f"distill: done, {counters['applied']} updates, {counters['skipped']} skipped by the threshold, "

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,26 @@ from typing import Any
 import torch
 
 from padistill.errors import PadistillError
+
+# Temp files of the two writers below: ".<name>.<8 random chars>.tmp" and ".<stem>.<8 random chars>.tmp<suffix>".
+# A process killed mid-write leaves one behind; `remove_stale_temp_files` sweeps them when a stage (re)starts.
+_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> int:
+    """Delete the atomic writers' leftover temp files under `folder` (recursively); returns how many.
+
+    Only call it when no other process writes into `folder` (a stage's rank 0 before its ranks start)."""
+    n = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if _TEMP_RE.match(name):
+                try:
+                    os.unlink(os.path.join(root, name))
+                    n += 1
+                except FileNotFoundError:
+                    pass
+    return n
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -62,7 +83,7 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -
     """Atomically produce `path` with a writer that needs a real file name (e.g. matplotlib)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         writer(Path(tmp))

@@ -24,7 +24,13 @@ import torch
 
 import padistill
 from padistill.errors import PadistillError
-from padistill.utils.io import atomic_write_json, atomic_write_text, read_json, sha256_file
+from padistill.utils.io import (
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    remove_stale_temp_files,
+    sha256_file,
+)
 
 MANIFEST = "manifest.json"
 
@@ -94,6 +100,7 @@ class StageDir:
         if st == "complete":
             return st
         self.path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(self.path)  # half-written files of a killed run (never renamed into place)
         if st in ("missing", "different"):
             self._write("running", {})
         if self.config_yaml is not None:
