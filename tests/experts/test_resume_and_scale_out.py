@@ -1,6 +1,7 @@
 """`padistill experts` as a real process: SIGKILL mid-run + re-run == uninterrupted run (bytes), and torchrun
 with 2 CPU processes (gloo) == the single-process run."""
 
+import json
 import os
 import signal
 import subprocess
@@ -89,6 +90,10 @@ def test_kill_and_rerun_gives_the_same_bytes(tmp_path, setup):
     assert not (out / "partial").exists()
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == NUM * EPOCHS  # rebuilt from the experts' meta: no duplicate epochs from the kills
+    assert all(json.loads(line)["seconds"] is not None for line in lines)  # wall times kept in the log...
+    for k in range(NUM):  # ...and out of the expert files, which are the same bytes as the uninterrupted run's
+        name = f"expert_{k:04d}.pt"
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
 
 
 def test_torchrun_two_processes_equal_the_single_process_run(tmp_path, setup):

@@ -182,8 +182,12 @@ def train_expert(cfg: Config, prepared, k: int, out: Path, ordering: torch.Tenso
     dtype = torch.float16 if e.save_dtype == "float16" else torch.float32
     meta = {"expert": k, "init_seed": init_seed, "data_seed": data_seed, "net": cfg.net.name,
             "optimizer": e.optimizer, "train_size": [r["train_size"] for r in history],
-            "test_acc": [r["test_acc"] for r in history], "history": history}
-    path = save_expert(out, k, params.to(dtype), meta)
+            "test_acc": [r["test_acc"] for r in history],
+            # wall times stay in metrics.jsonl: the expert file holds only what the seed decides (same seed, same bytes)
+            "history": [{k2: v for k2, v in r.items() if k2 != "seconds"} for r in history]}
+    # Through JSON: pickle memoises shared objects, and a resumed run's history (read back from the partial state)
+    # shares other strings than a fresh one; a canonical copy makes the file the same bytes either way.
+    path = save_expert(out, k, params.to(dtype), json.loads(json.dumps(meta)))
     ppath.unlink(missing_ok=True)
     final = next((r["test_acc"] for r in reversed(history) if r["test_acc"] is not None), None)
     log(f"experts: expert {k + 1}/{e.num} done" + (f", test acc {final:.4f}" if final is not None else ""))
@@ -201,6 +205,19 @@ def _write_layout(out: Path, model_layout) -> None:
     atomic_write_json(path, data)
 
 
+def _logged_seconds(path: Path) -> dict[tuple, float]:
+    """{(expert, epoch): seconds} from the live metrics.jsonl (last line wins after a resume; torn lines skipped)."""
+    out: dict[tuple, float] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+                out[(r["expert"], r["epoch"])] = r["seconds"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return out
+
+
 def _finish(out: Path, stage: StageDir, cfg: Config, sizes: list[int], t0: float, log) -> None:
     """Rank 0, all expert files present: metrics.jsonl rebuilt from the experts' meta, manifest complete."""
     from padistill.experts.storage import ExpertStore
@@ -208,10 +225,11 @@ def _finish(out: Path, stage: StageDir, cfg: Config, sizes: list[int], t0: float
     store = ExpertStore(out)
     if len(store) < cfg.experts.num:
         raise PadistillError(f"{out}: {len(store)} expert files, expected {cfg.experts.num}")
+    seconds = _logged_seconds(out / METRICS)
     lines, finals = [], []
     for i in range(len(store)):
         hist = store.meta(i).get("history", [])
-        lines += [json.dumps(r) for r in hist]
+        lines += [json.dumps({**r, "seconds": seconds.get((r.get("expert"), r.get("epoch")))}) for r in hist]
         finals.append(next((r["test_acc"] for r in reversed(hist) if r["test_acc"] is not None), None))
     atomic_write_text(out / METRICS, "".join(line + "\n" for line in lines))
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
