@@ -115,6 +115,7 @@ def test_interrupted_evaluation_resumes_from_partial_results(tmp_path, prepared,
     run_eval(root, nets=["mlp"], epochs=0, runs=2, **QUIET)
     res = json.loads((root / "eval" / "results.json").read_text())
     assert res["table"]["rows"][0]["results"]["mlp"]["accs"][0] == 0.987
+    assert not (root / "eval" / "partial.json").exists()  # complete: results.json holds every run
 
 
 def test_cli_eval_and_report(tmp_path, prepared, capsys):

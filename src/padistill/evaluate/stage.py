@@ -7,7 +7,8 @@ Output: an `eval/` folder (default: beside the distill folder) with
     results.json                 every run's accuracy, mean / std / n per cell, improvements, settings
     table.md                     the table (rows: distilled [, best on validation], random baseline
                                  [, KD rows]; columns: eval.nets) with the protocol stated under it
-    partial.json                 accuracies finished so far (an interrupted evaluation resumes here)
+    partial.json                 accuracies finished so far (an interrupted evaluation resumes here; removed
+                                 when the evaluation completes)
 
 The data are re-prepared from the set's own config, and the set's `preprocess.pt` must equal the
 transform the data were prepared with (`check_space`): a ZCA set can never be tested on normalised
@@ -188,6 +189,7 @@ def run_eval(run_dir: str | Path, overrides=(), nets=None, runs: int | None = No
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "table.md", render_markdown(table, results))
     stage.complete(["results.json", "table.md"], seconds=round(seconds, 1))
+    partial_path.unlink(missing_ok=True)  # results.json holds every run now
     log("eval: results (top-1 test accuracy %, mean ± std over n fresh networks)\n" + table.to_text().rstrip())
     log(f"eval: wrote {out} in {seconds:.0f}s")
     return out
