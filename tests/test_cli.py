@@ -18,6 +18,8 @@ def test_list_and_config(capsys):
     assert "pad/cifar10-ipc10" in capsys.readouterr().out
     assert main(["config", "--preset", "pad", "--set", "distill.ipc=1"]) == 0
     assert "ipc: 1" in capsys.readouterr().out
+    assert main(["config", "--preset", "pad", "--download"]) == 0  # the flag the offline error names
+    assert "download: true" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -36,6 +36,9 @@ def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> No
                    help="override a config value, e.g. --set distill.ipc=1 (repeatable)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's, usually auto)")
     p.add_argument("--data-root", help="dataset folder (default: $PADISTILL_DATA or ~/.cache/padistill/data)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch the dataset's official archive if it is missing (checksum verified; "
+                        "= --set data.download=true)")
     p.add_argument("--seed", type=int, help="override the config seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -177,6 +180,8 @@ def _cli_overrides(args) -> list[str]:
         o.append(f"device={args.device}")
     if getattr(args, "data_root", None):
         o.append(f"data.root={args.data_root}")
+    if getattr(args, "download", False):
+        o.append("data.download=true")
     if getattr(args, "seed", None) is not None:
         o.append(f"seed={args.seed}")
     return o
