@@ -33,7 +33,7 @@ from padistill.config import Config, dump_yaml, to_dict
 from padistill.errors import PadistillError
 from padistill.nets import net_identity
 from padistill.utils.allocator import tune_cpu_allocator
-from padistill.utils.io import atomic_save, atomic_write_text, load_tensors
+from padistill.utils.io import atomic_save, atomic_write_text, load_tensors, require_keys
 from padistill.utils.loggers import MetricsLog
 from padistill.utils.manifest import StageDir, require_complete
 from padistill.utils.progress import progress_bar
@@ -173,14 +173,12 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
     if ckpt_path.is_file():
         syn, start_it, counters, best = _resume(ckpt_path, cfg, prepared)
         log(f"distill: resuming {out} at iteration {start_it}")
-        if rank == 0:
-            _trim_metrics(out / METRICS, start_it)
     else:
         syn = _initial_set(cfg, prepared, model, layout, store, log)
         if rank == 0:
-            # a run killed before its first checkpoint starts again at 0: its metric lines go too
-            _trim_metrics(out / METRICS, 0)
             save_grid(prepared.pre.inverse(syn.images.detach()), out / "grid_init.png", nrow=d.ipc)
+    if rank == 0:  # lines of a killed attempt from start_it on (all of them if it died before its first checkpoint)
+        _trim_metrics(out / METRICS, start_it)
     metrics_f = MetricsLog(out / METRICS, d.loggers, name=cfg.name, config=to_dict(cfg)) if rank == 0 else None
     bar = progress_bar(range(start_it, d.iterations), desc="distill", initial=start_it, total=d.iterations,
                        disable=not show_progress or rank != 0)
@@ -231,7 +229,7 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
 
 def _resume(path: Path, cfg: Config, prepared):
     """(synthetic set, iteration, counters, best) from checkpoint.pt, every field checked against this run."""
-    from padistill.distill.synset import SyntheticSet, require_keys
+    from padistill.distill.synset import SyntheticSet
 
     d, C = cfg.distill, prepared.num_classes
     dev = prepared.device

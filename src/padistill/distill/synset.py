@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from padistill.utils.io import require_tensor
+from padistill.utils.io import require_keys, require_tensor
 
 LR_FLOOR = 1e-8
 
@@ -85,7 +85,8 @@ class SyntheticSet:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()`. It must fit this set (shapes, dtypes, optimisers, the config's optimiser
-        settings) and hold finite values; otherwise ValueError / KeyError / TypeError naming the field."""
+        settings) and hold finite values; otherwise ValueError (or PadistillError) / KeyError / TypeError naming
+        the field."""
         require_keys(state, ("images", "labels", "syn_lr", "lr_clamped", "opt"), "synset")
         for name, t in (("images", self.images), ("labels", self.labels), ("syn_lr", self.syn_lr)):
             v = require_tensor(state[name], f"synset.{name}", dtype=t.dtype, shape=tuple(t.shape))
@@ -119,13 +120,3 @@ class SyntheticSet:
                     if buf is not None and not torch.isfinite(require_tensor(
                             buf, f"{where}: momentum buffer", dtype=t.dtype, shape=tuple(t.shape))).all():
                         raise ValueError(f"{where}: momentum buffer contains NaN or Inf")
-
-
-def require_keys(obj, keys: tuple[str, ...], where: str) -> dict:
-    """`obj` must be a dict holding every key of `keys`; ValueError naming `where` otherwise."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a dict, found {type(obj).__name__}")
-    missing = [k for k in keys if k not in obj]
-    if missing:
-        raise ValueError(f"{where}: missing {', '.join(map(repr, missing))}")
-    return obj

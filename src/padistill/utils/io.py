@@ -147,6 +147,16 @@ def sha256_tensor(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def require_keys(obj: Any, keys: tuple[str, ...], where: str) -> dict:
+    """`obj` must be a dict holding every key of `keys` (a loaded checkpoint, say), or a one-line error."""
+    if not isinstance(obj, dict):
+        raise PadistillError(f"{where}: expected a dict, found {type(obj).__name__}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise PadistillError(f"{where}: missing {', '.join(map(repr, missing))}")
+    return obj
+
+
 def require_tensor(obj: Any, where: str, *, dtype: torch.dtype | tuple[torch.dtype, ...] | None = None,
                    ndim: int | None = None, shape: tuple[int | None, ...] | None = None) -> torch.Tensor:
     """Validate a loaded object as a tensor of the expected dtype/shape, or raise a one-line error.
