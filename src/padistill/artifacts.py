@@ -60,6 +60,13 @@ def save_distilled(folder: str | Path, images: torch.Tensor, labels: torch.Tenso
     return names
 
 
+def require_class_range(labels: torch.Tensor, num_classes: int, where: str) -> None:
+    """Hard labels (class indices) must lie in [0, num_classes), or a one-line error naming `where`."""
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise PadistillError(f"{where}: hard labels must lie in [0, {num_classes}); found [{int(labels.min())}, "
+                             f"{int(labels.max())}]")
+
+
 def load_distilled(folder: str | Path, num_classes: int | None = None, prefix: str = "",
                    require_preprocess: bool = True) -> DistilledSet:
     folder = Path(folder)
@@ -74,10 +81,8 @@ def load_distilled(folder: str | Path, num_classes: int | None = None, prefix: s
     where = str(folder / f"{prefix}labels.pt")
     if isinstance(labels, torch.Tensor) and labels.ndim == 1:
         labels = require_tensor(labels, where, dtype=(torch.int64, torch.int32), shape=(n,)).long()
-        lo, hi = int(labels.min()), int(labels.max())
-        C = num_classes or hi + 1
-        if lo < 0 or hi >= C:
-            raise PadistillError(f"{where}: hard labels must lie in [0, {C}); found [{lo}, {hi}]")
+        C = num_classes or int(labels.max()) + 1
+        require_class_range(labels, C, where)
     else:
         labels = require_tensor(labels, where, dtype=(torch.float32, torch.float16), ndim=2).float()
         if labels.shape[0] != n:

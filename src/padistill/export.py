@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from padistill.artifacts import require_class_range
 from padistill.errors import PadistillError
 from padistill.utils.io import (
     atomic_save,
@@ -406,9 +407,7 @@ def _class_contiguous(images: torch.Tensor, labels, C: int, where: str) -> tuple
         raise PadistillError(f"{where}: integer labels must be classes [N]; found {labels.dtype} "
                              f"{list(labels.shape)}")
     labels = labels.long()
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= C):
-        raise PadistillError(f"{where}: hard labels must lie in [0, {C}); found [{int(labels.min())}, "
-                             f"{int(labels.max())}]")
+    require_class_range(labels, C, where)
     counts = torch.bincount(labels, minlength=C)
     if int(counts.min()) != int(counts.max()):
         raise PadistillError(f"{where}: classes have different numbers of images ({counts.tolist()}); "
