@@ -21,6 +21,31 @@ def tiny_config(*extra: str):
     return load_config(preset="pad", overrides=[*TINY_OVERRIDES, *extra])
 
 
+def killed_at(iteration: int):
+    """Context manager: trajectory matching raises KeyboardInterrupt (like Ctrl-C / a kill between checkpoints)
+    when it reaches `iteration`; the real step is back on exit."""
+    import contextlib
+
+    from padistill.match import trajectory
+
+    @contextlib.contextmanager
+    def patched():
+        real_step = trajectory.TrajectoryMatcher.step
+
+        def crashing_step(self, it, syn, update):
+            if it == iteration:
+                raise KeyboardInterrupt
+            return real_step(self, it, syn, update)
+
+        trajectory.TrajectoryMatcher.step = crashing_step
+        try:
+            yield
+        finally:
+            trajectory.TrajectoryMatcher.step = real_step
+
+    return patched()
+
+
 def write_expert_folder(folder: Path, prepared, cfg, epochs: int, num: int) -> Path:
     """Real (short) SGD trajectories saved in the experts folder format, without the experts stage."""
     import torch

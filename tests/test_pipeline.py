@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from helpers import TINY_OVERRIDES
+from helpers import TINY_OVERRIDES, killed_at
 from padistill.errors import PadistillError
 from padistill.pipeline import run_pipeline
 from padistill.utils.io import load_tensors
@@ -46,22 +46,11 @@ def test_all_stages_then_reuse_then_refuse_stale(tmp_path):
         pipeline(root, "distill.lr_images=7")
 
 
-def test_killed_distillation_resumes_and_matches(tmp_path, monkeypatch):
+def test_killed_distillation_resumes_and_matches(tmp_path):
     ref = pipeline(tmp_path / "ref", "distill.iterations=4")
 
-    from padistill.match import trajectory
-
-    real_step = trajectory.TrajectoryMatcher.step
-
-    def killed(self, it, syn, update):
-        if it == 2:
-            raise KeyboardInterrupt
-        return real_step(self, it, syn, update)
-
-    monkeypatch.setattr(trajectory.TrajectoryMatcher, "step", killed)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at(2), pytest.raises(KeyboardInterrupt):
         pipeline(tmp_path / "run", "distill.iterations=4")
-    monkeypatch.setattr(trajectory.TrajectoryMatcher, "step", real_step)
     messages = []
     root = pipeline(tmp_path / "run", "distill.iterations=4", messages=messages)
     assert any("resuming" in m for m in messages)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from helpers import tiny_config
+from helpers import killed_at, tiny_config
 from padistill.distill import run_distill
 from padistill.errors import PadistillError
 from padistill.utils.io import load_tensors
@@ -45,24 +45,13 @@ def test_same_seed_same_bytes_and_reuse(tmp_path, tiny_prepared, tiny_experts):
         run(tmp_path, tiny_prepared, tiny_experts, "distill.lr_images=11", name="a")
 
 
-def test_resume_after_crash_is_bit_identical(tmp_path, tiny_prepared, tiny_experts, monkeypatch):
+def test_resume_after_crash_is_bit_identical(tmp_path, tiny_prepared, tiny_experts):
     extra = ("distill.iterations=6",)
     ref = run(tmp_path, tiny_prepared, tiny_experts, *extra, name="ref")
 
-    from padistill.match import trajectory
-
-    real_step = trajectory.TrajectoryMatcher.step
-
-    def crashing_step(self, it, syn, update):
-        if it == 4:
-            raise KeyboardInterrupt  # like Ctrl-C / a kill between checkpoints
-        return real_step(self, it, syn, update)
-
-    monkeypatch.setattr(trajectory.TrajectoryMatcher, "step", crashing_step)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at(4), pytest.raises(KeyboardInterrupt):
         run(tmp_path, tiny_prepared, tiny_experts, *extra, name="crash")
     assert load_tensors(tmp_path / "crash" / "checkpoint.pt")["iteration"] == 4
-    monkeypatch.setattr(trajectory.TrajectoryMatcher, "step", real_step)
     out = run(tmp_path, tiny_prepared, tiny_experts, *extra, name="crash")
     for f in ("images.pt", "labels.pt", "lr.pt"):
         assert torch.equal(load_tensors(out / f), load_tensors(ref / f)), f
@@ -71,28 +60,17 @@ def test_resume_after_crash_is_bit_identical(tmp_path, tiny_prepared, tiny_exper
     assert strip(out) == strip(ref)
 
 
-def test_killed_before_the_first_checkpoint_starts_clean(tmp_path, tiny_prepared, tiny_experts, monkeypatch):
+def test_killed_before_the_first_checkpoint_starts_clean(tmp_path, tiny_prepared, tiny_experts):
     """No checkpoint yet: the re-run starts at iteration 0, so the killed attempt's metric lines and half-written
     temp files must go (they used to stay: duplicated iterations in metrics.jsonl and the report)."""
     extra = ("distill.iterations=4", "distill.checkpoint_every=100")
     ref = run(tmp_path, tiny_prepared, tiny_experts, *extra, name="ref")
 
-    from padistill.match import trajectory
-
-    real_step = trajectory.TrajectoryMatcher.step
-
-    def crashing_step(self, it, syn, update):
-        if it == 3:
-            raise KeyboardInterrupt
-        return real_step(self, it, syn, update)
-
-    monkeypatch.setattr(trajectory.TrajectoryMatcher, "step", crashing_step)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at(3), pytest.raises(KeyboardInterrupt):
         run(tmp_path, tiny_prepared, tiny_experts, *extra, name="crash")
     crash = tmp_path / "crash"
     assert not (crash / "checkpoint.pt").exists() and len((crash / "metrics.jsonl").read_text().splitlines()) == 3
     (crash / ".checkpoint.pt.abcd1234.tmp").write_bytes(b"half a checkpoint")  # as a SIGKILL mid-write leaves it
-    monkeypatch.setattr(trajectory.TrajectoryMatcher, "step", real_step)
     out = run(tmp_path, tiny_prepared, tiny_experts, *extra, name="crash")
     assert [json.loads(x)["it"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
     assert not list(out.glob(".*.tmp"))
