@@ -9,6 +9,7 @@
     padistill report   RUN_DIR                                              HTML page
     padistill run      CONFIG --out DIR                                     all of the above, resumable
     padistill train    --preset P                                           train + test one net on real data
+    padistill sweep    SPEC.yaml | --preset NAME [--jobs N] [--reuse DIR]   ablation: cells, shared stages, table
 
 Every error a user can cause prints one line (`padistill: error: ...`) and exits with status 2.
 Under `torchrun` the process group is initialised here (gloo on CPU, nccl on CUDA).
@@ -174,6 +175,25 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from padistill.sweep import list_sweep_presets, load_spec, run_sweep
+
+    if args.list:
+        from padistill.sweep.spec import sweep_preset_header, sweep_preset_path
+
+        for name in list_sweep_presets():
+            header = sweep_preset_header(sweep_preset_path(name)).splitlines()
+            print(f"{name:28s} {header[0] if header else ''}")
+        return 0
+    if (args.spec is None) == (args.preset is None):
+        raise PadistillError("sweep: give a spec file or --preset NAME (`padistill sweep --list` lists the presets)")
+    spec = load_spec(args.spec, preset=args.preset, cli_overrides=_cli_overrides(args),
+                     distill_seeds=args.distill_seeds)
+    run_sweep(spec, out=args.out, reuse=args.reuse, jobs=args.jobs, overwrite=args.overwrite, plan_only=args.plan,
+              log=_log, show_progress=not args.quiet)
+    return 0
+
+
 def _cli_overrides(args) -> list[str]:
     o = list(args.overrides)
     if getattr(args, "device", None):
@@ -278,6 +298,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only these stages (their inputs must exist)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("sweep", help="run an ablation: cells of --set overrides, shared stages, paired table")
+    p.add_argument("spec", nargs="?", help="sweep spec YAML (base, set, cells or grid, baseline)")
+    p.add_argument("--preset", help="a shipped sweep spec (see `padistill sweep --list`)")
+    p.add_argument("--list", action="store_true", help="list the shipped sweep specs")
+    p.add_argument("--out", help="sweep folder (default: runs/sweeps/<name>)")
+    p.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                   help="copy complete stage folders found under DIR whose stage key matches (repeatable)")
+    p.add_argument("--jobs", type=int, default=1, help="run tasks as N separate processes (cores // N threads each)")
+    p.add_argument("--distill-seeds", type=int, help="distillations per cell (overrides the spec's distill_seeds)")
+    p.add_argument("--plan", action="store_true", help="print the plan (stages built / reused, work) and stop")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value in every cell (before the cells' own overrides)")
+    p.add_argument("--device")
+    p.add_argument("--data-root")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--seed", type=int, help="the run seed of every cell")
+    p.add_argument("--overwrite", action="store_true", help="redo cells whose settings changed")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("buffers", help="import/export MTT/DATM/PAD replay_buffer_<n>.pt files")
     p.add_argument("direction", choices=["import", "export"])

@@ -99,7 +99,7 @@ class ExpertsConfig:
 class ParamSelectConfig:
     """FIEM (paper §3.3, eq. 4): which parameters the matching distance uses."""
 
-    mode: str = "depth"  # depth (paper) | layer (whole shallow layers) | loss (published code)
+    mode: str = "depth"  # depth (paper) | layer (whole shallow layers) | loss (published code) | deep (Table 5b)
     ratio: float = 0.0  # alpha: share of parameters dropped from the shallow end (0 = match all)
 
 
@@ -116,6 +116,8 @@ class DistillConfig:
     method: str = "tm"  # tm (MTT/DATM/PAD) | dc | dm
     ipc: int = 10  # images per class
     iterations: int = 10000  # outer updates of the synthetic set
+    seed: int | None = None  # seed of the distillation alone (init, iteration draws); None = the run's seed.
+    # Scores, experts and the evaluation keep the run's seed, so repeats over distill seeds stay paired.
     # initialisation and what is learned
     image_init: str = "correct"  # correct (real images an expert classifies correctly) | real | noise
     label_init: str = "soft"  # soft (mean logits of the correct experts) | hard
@@ -204,7 +206,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "distill.unroll": ("auto", "recompute", "plain"),
     "distill.image_init": ("correct", "real", "noise"),
     "distill.label_init": ("soft", "hard"),
-    "distill.select.mode": ("depth", "layer", "loss"),
+    "distill.select.mode": ("depth", "layer", "loss", "deep"),
     "distill.prune.mode": ("none", "hard", "easy"),
 }
 
@@ -488,8 +490,8 @@ def validate(cfg: Config) -> Config:
             raise PadistillError(
                 f"config: start epochs up to {d.max_start_epoch - 1} + expert_epochs {d.expert_epochs} "
                 f"exceed experts.epochs {e.epochs}")
-    if d.method != "tm" and d.select.mode == "loss" and d.select.ratio > 0:
-        raise PadistillError("config: 'distill.select.mode' loss is defined for trajectory matching only; "
+    if d.method != "tm" and d.select.mode in ("loss", "deep") and d.select.ratio > 0:
+        raise PadistillError(f"config: 'distill.select.mode' {d.select.mode} is defined for trajectory matching only; "
                              "use depth or layer with dc/dm")
     if d.batch_syn is not None and d.batch_syn < 1:
         raise PadistillError("config: 'distill.batch_syn' must be >= 1 or null")

@@ -90,3 +90,24 @@ def test_soft_ce_matches_hard_ce_for_peaked_targets():  # §8.20
     t = torch.randn(16, 10, generator=g, requires_grad=True)
     soft_cross_entropy(logits, t).backward()
     assert torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
+def test_deep_mode_drops_the_last_k_parameters():
+    """Table 5b: distill.select.mode=deep matches the shallow P - floor(alpha * P) entries, the deep end dropped."""
+    P, alpha = 1000, 0.25
+    cut = param_cut(P, alpha, "deep")
+    k = math.floor(alpha * P)
+    assert (cut.start, cut.stop, cut.kept) == (0, P - k, P - k) and not cut.full
+    assert param_cut(P, 0.0, "deep").full
+    g = torch.Generator().manual_seed(0)
+    final, start, target = (torch.randn(P, generator=g) for _ in range(3))
+    want = ((final - target) ** 2)[: P - k].sum() / ((start - target) ** 2)[: P - k].sum()
+    assert torch.allclose(trajectory_distance(final, start, target, cut), want)
+    # the mirror image of depth: changing a dropped (deep) entry leaves the loss unchanged, a kept one does not
+    moved = final.clone()
+    moved[-1] += 5.0
+    assert torch.equal(trajectory_distance(moved, start, target, cut), trajectory_distance(final, start, target, cut))
+    moved = final.clone()
+    moved[0] += 5.0
+    assert not torch.equal(trajectory_distance(moved, start, target, cut),
+                           trajectory_distance(final, start, target, cut))

@@ -20,6 +20,7 @@ Around it the loop adds what research scripts lack:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -54,6 +55,8 @@ def distill_settings(cfg: Config) -> dict:
     d = to_dict(cfg.distill)
     for k in ("checkpoint_every", "grid_every", "loggers"):
         d.pop(k)
+    if d.get("seed") is None:  # unset: the run's seed decides (same stage key as before the field existed)
+        d.pop("seed", None)
     return {"data": to_dict(cfg.data), "net": to_dict(cfg.net), "distill": d}
 
 
@@ -164,7 +167,9 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
         # thresholds made IPC 10 steps ~30 % faster (IPC 1: ~4 %); see utils/allocator.py.
         tune_cpu_allocator()
     syn_size = prepared.num_classes * d.ipc
-    matcher, model, layout, store = _build_matcher(cfg, prepared, experts_dir, scores_dir, syn_size, rank, world,
+    # distill.seed: this stage's randomness only; config.yaml keeps the run's seed, which the evaluation uses
+    work = cfg if d.seed is None else dataclasses.replace(cfg, seed=d.seed)
+    matcher, model, layout, store = _build_matcher(work, prepared, experts_dir, scores_dir, syn_size, rank, world,
                                                    log)
     ckpt_path = out / CHECKPOINT
     counters = dict.fromkeys(COUNTERS, 0)
@@ -174,7 +179,7 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
         syn, start_it, counters, best = _resume(ckpt_path, cfg, prepared)
         log(f"distill: resuming {out} at iteration {start_it}")
     else:
-        syn = _initial_set(cfg, prepared, model, layout, store, log)
+        syn = _initial_set(work, prepared, model, layout, store, log)
         if rank == 0:
             save_grid(prepared.pre.inverse(syn.images.detach()), out / "grid_init.png", nrow=d.ipc)
     if rank == 0:  # lines of a killed attempt from start_it on (all of them if it died before its first checkpoint)

@@ -6,8 +6,10 @@ Parameters are laid out in one flat vector from shallow to deep (`padistill.nets
 - layer: the same cut snapped down to a layer boundary, so only whole shallow layers are dropped.
 - loss (the published code's variant): keep the P - floor(beta * P) entries with the LARGEST matching
   error; chosen per iteration from the squared differences.
-depth and layer are prefix cuts (`ParamCut.start`); every matcher (trajectory, gradient, distribution)
-reads the same `ParamCut`, so the filter is defined once.
+- deep (the paper's Table 5b ablation, trajectory matching only): the mirror image of depth, drop the LAST
+  k = floor(alpha * P) entries (the deepest parameters, classifier first) and match the shallow rest.
+depth and layer are prefix cuts (`ParamCut.start`), deep a suffix cut (`ParamCut.end`); every matcher
+(trajectory, gradient, distribution) reads the same `ParamCut`, so the filter is defined once.
 """
 
 from __future__ import annotations
@@ -22,16 +24,29 @@ from padistill.errors import PadistillError
 
 @dataclass(frozen=True)
 class ParamCut:
-    """Kept flat-parameter set for prefix cuts: indices [start, total). loss mode keeps `keep` largest."""
+    """Kept flat-parameter set for prefix / suffix cuts: indices [start, stop). loss mode keeps `keep` largest."""
 
     mode: str
     ratio: float
     total: int
-    start: int  # first kept index for depth/layer; 0 for loss (selection happens per iteration)
+    start: int  # first kept index for depth/layer; 0 for loss (selection happens per iteration) and deep
+    end: int | None = None  # deep: first dropped index; None = total (nothing dropped at the deep end)
+
+    @property
+    def stop(self) -> int:
+        """End (exclusive) of the kept range."""
+        return self.total if self.end is None else self.end
+
+    @property
+    def full(self) -> bool:
+        """True when every parameter is matched."""
+        if self.mode == "loss":
+            return math.floor(self.ratio * self.total) == 0
+        return self.start == 0 and self.stop == self.total
 
     @property
     def kept(self) -> int:
-        return self.total - (math.floor(self.ratio * self.total) if self.mode == "loss" else self.start)
+        return self.total - math.floor(self.ratio * self.total) if self.mode == "loss" else self.stop - self.start
 
     def layer_kept(self, start: int, end: int) -> tuple[int, int]:
         """The kept part [a, end) of a tensor occupying [start, end) (empty when a == end)."""
@@ -55,7 +70,9 @@ def param_cut(total: int, ratio: float, mode: str = "depth", boundaries: list[in
         return ParamCut("layer", ratio, total, snapped)
     if mode == "loss":
         return ParamCut("loss", ratio, total, 0)
-    raise PadistillError(f"select.mode must be depth, layer or loss; got {mode!r}")
+    if mode == "deep":
+        return ParamCut("deep", ratio, total, 0, total - k)
+    raise PadistillError(f"select.mode must be depth, layer, loss or deep; got {mode!r}")
 
 
 def select_by_loss(d: torch.Tensor, ratio: float) -> torch.Tensor:

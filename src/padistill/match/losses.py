@@ -36,12 +36,12 @@ def trajectory_distance(final: torch.Tensor, start: torch.Tensor, target: torch.
     """Normalised squared distance over the kept parameters (differentiable w.r.t. `final`)."""
     d = (final - target) ** 2
     s = (start - target) ** 2
-    if cut is None or (cut.mode != "loss" and cut.start == 0) or (cut.mode == "loss" and cut.ratio == 0):
+    if cut is None or (cut.mode != "loss" and cut.full) or (cut.mode == "loss" and cut.ratio == 0):
         return d.sum() / s.sum()
     if cut.mode == "loss":
         keep = select_by_loss(d, cut.ratio)
         return d[keep].sum() / s[keep].sum()
-    return d[cut.start:].sum() / s[cut.start:].sum()
+    return d[cut.start:cut.stop].sum() / s[cut.start:cut.stop].sum()
 
 
 def per_layer_distance(final: torch.Tensor, start: torch.Tensor, target: torch.Tensor,
