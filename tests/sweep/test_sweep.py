@@ -182,3 +182,14 @@ def test_distill_seeds_vary_the_set_but_not_the_evaluation_seeds(tmp_path):
     s = res["cells"][0]["nets"]["convnet-2"]
     assert s["n"] == 4 and s["seeds"] == 2 and len(s["seed_means"]) == 2
     assert json.loads((b / "cell.json").read_text())["distill_seed"] == 1
+
+
+def test_plot_and_html_page(done):
+    root, _, _ = done
+    s1 = root / "s1"
+    assert (s1 / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (s1 / "report" / "index.html").read_text()
+    assert page.count("<figure") == len(CELLS) and "data:image/png;base64," in page
+    for cell in CELLS:
+        assert f"<figcaption>{cell}<br>" in page and (s1 / "report" / f"cell-{cell}.png").is_file()
+    assert "<table>" in page and "Δ vs datm" in page

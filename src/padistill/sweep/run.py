@@ -640,6 +640,9 @@ def write_results(spec: Spec, plan: Plan, log=print) -> Path:
     atomic_write_text(plan.root / "table.md", render_markdown(results))
     atomic_write_text(plan.root / "table.csv", render_csv(results))
     log("sweep: results (top-1 test accuracy %)\n" + render_markdown(results, header=False).rstrip())
+    from padistill.sweep.report import build_sweep_report
+
+    log(f"sweep: report {build_sweep_report(plan.root)}")
     return plan.root
 
 
