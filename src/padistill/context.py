@@ -81,7 +81,11 @@ class Prepared:
         return torch.stack(rows)
 
 
-def prepare(cfg: Config, device: str | torch.device | None = None, log=print) -> Prepared:
+def prepare(cfg: Config, device: str | torch.device | None = None, log=print,
+            model_space_cache: str | Path | None = None) -> Prepared:
+    """`model_space_cache`: a file holding the model-space tensors of these exact data (dataset, hold-out, transform;
+    checked by fingerprint), read instead of transforming again, or written when missing or stale. `padistill
+    sweep --jobs N` gives its worker processes one, so a CIFAR-10 ZCA (about a minute on one core) is applied once."""
     t0 = time.perf_counter()
     dev = resolve_device(device if device is not None else cfg.device)
     d = cfg.data
@@ -92,22 +96,52 @@ def prepare(cfg: Config, device: str | torch.device | None = None, log=print) ->
         ds, xv, yv, train_index = ds.hold_out_validation(d.val_per_class, seed=cfg.seed)
         x_val, y_val = xv, yv
     pre = cached_preprocessor(ds, d.preprocess, d.zca_eps, cache_dir() / "preprocess", device=dev)
+    identity = f"{ds.fingerprint()}-{pre.fingerprint()}-{d.val_per_class}"  # ds: the training part (after hold-out)
+    cached = (_read_model_space(model_space_cache, identity, len(ds.y_train), x_val is not None)
+              if model_space_cache is not None else None)
+    computed: dict[str, torch.Tensor] = {}
 
-    def model_space(x: torch.Tensor) -> torch.Tensor:
-        return pre.pre(x.to(dev)).contiguous()
+    def model_space(x: torch.Tensor, name: str) -> torch.Tensor:
+        if cached is not None:
+            return cached[name].to(dev)
+        computed[name] = pre.pre(x.to(dev)).contiguous()
+        return computed[name]
 
     prepared = Prepared(
         config=cfg, device=dev, dataset=ds, pre=pre,
-        x_train=model_space(ds.x_train), y_train=ds.y_train.to(dev),
-        x_val=model_space(x_val) if x_val is not None else None,
+        x_train=model_space(ds.x_train, "x_train"), y_train=ds.y_train.to(dev),
+        x_val=model_space(x_val, "x_val") if x_val is not None else None,
         y_val=y_val.to(dev) if y_val is not None else None,
-        x_test=model_space(ds.x_test), y_test=ds.y_test.to(dev),
+        x_test=model_space(ds.x_test, "x_test"), y_test=ds.y_test.to(dev),
         train_index=train_index, load_seconds=0.0)
+    if model_space_cache is not None and cached is None:
+        from padistill.utils.io import atomic_save
+
+        atomic_save({"identity": identity, **{k: v.cpu() for k, v in computed.items()}}, model_space_cache)
     prepared.load_seconds = time.perf_counter() - t0
     log(f"data: {ds.name} train {len(ds.y_train)} (val {0 if y_val is None else len(y_val)}) "
         f"test {len(ds.y_test)} {ds.channels}x{ds.image_size[0]}x{ds.image_size[1]} {ds.num_classes} classes, "
-        f"{d.preprocess}, {prepared.load_seconds:.1f}s on {dev}")
+        f"{d.preprocess}{' (model space read from its cache)' if cached is not None else ''}, "
+        f"{prepared.load_seconds:.1f}s on {dev}")
     return prepared
+
+
+def _read_model_space(path: str | Path, identity: str, n_train: int, with_val: bool) -> dict | None:
+    """The cached model-space tensors if `path` holds those of the same data, else None (then recomputed)."""
+    from padistill.utils.io import load_tensors
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = load_tensors(path, "model-space cache")
+    except PadistillError:
+        return None
+    names = ("x_train", "x_test", "x_val") if with_val else ("x_train", "x_test")
+    if not isinstance(data, dict) or data.get("identity") != identity or not all(
+            isinstance(data.get(k), torch.Tensor) for k in names) or data["x_train"].shape[0] != n_train:
+        return None
+    return data
 
 
 def build_net(prepared: Prepared, name: str | None = None, seed: int | None = None,

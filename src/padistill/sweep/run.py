@@ -61,6 +61,7 @@ class Task:
     reuse_from: Path | None = None
     outcome: str = ""  # built | resumed | reused | copied | failed | skipped
     seconds: float = 0.0
+    follow: Task | None = None  # distill: its cell's evaluation (one worker process runs both with --jobs N)
 
 
 # ------------------------------------------------------------------------------------------ reuse pool
@@ -118,18 +119,28 @@ def _data_key(cfg: Config) -> str:
 
 
 class PreparedCache:
-    """Prepared data per distinct data settings; each cell gets a view with its own config."""
+    """Prepared data per distinct data settings; each cell gets a view with its own config.
 
-    def __init__(self, log):
+    `folder`: where the model-space tensors are cached for worker processes (`--jobs N`), one file per data key."""
+
+    def __init__(self, log, folder: Path | None = None):
         self.cache: dict[str, object] = {}
         self.log = log
+        self.folder = folder
+
+    def file(self, cfg: Config) -> Path | None:
+        if self.folder is None:
+            return None
+        import hashlib
+
+        return self.folder / f"data-{hashlib.sha256(_data_key(cfg).encode()).hexdigest()[:16]}.pt"
 
     def get(self, cfg: Config):
         from padistill.context import prepare
 
         k = _data_key(cfg)
         if k not in self.cache:
-            self.cache[k] = prepare(cfg, log=self.log)
+            self.cache[k] = prepare(cfg, log=self.log, model_space_cache=self.file(cfg))
         return dataclasses.replace(self.cache[k], config=cfg)
 
     def clear(self) -> None:
@@ -246,6 +257,7 @@ def make_plan(spec: Spec, root: Path, pool: ReusePool, prepared: PreparedCache, 
             dist_t.deps = [t for t in (scores_t, experts_t) if t is not None]
             eval_t = Task("eval", folder / "eval", cfg, None, deps=[dist_t], label=f"eval {user}",
                           distill=folder / "distill", overwrite=overwrite, users=[user])
+            dist_t.follow = eval_t
             # a changed spec: refuse the cell (not a stage deep inside it) unless --overwrite
             record = folder / CELL_FILE
             st = _folder_state(dist_t.folder, "distill", dkey)
@@ -405,7 +417,9 @@ def run_sweep(spec: Spec, out: str | Path | None = None, reuse=(), jobs: int = 1
     pool = ReusePool(reuse, exclude=root)
     if reuse:
         log(f"sweep: {len(pool)} complete stage folder(s) found under {', '.join(str(r) for r in reuse)}")
-    cache = PreparedCache(log)
+    cache = PreparedCache(log, folder=root / ".cache" if jobs > 1 and not plan_only else None)
+    if cache.folder is not None:
+        cache.folder.mkdir(parents=True, exist_ok=True)
     plan = make_plan(spec, root, pool, cache, overwrite)
     threads = default_threads(jobs) if jobs > 1 else None
     log(describe_plan(plan, spec, jobs, threads))
@@ -467,8 +481,11 @@ def run_sweep(spec: Spec, out: str | Path | None = None, reuse=(), jobs: int = 1
             t.outcome = {"running": "resumed"}.get(t.state, "built") if t.kind != "eval" else "evaluated"
             note(t)
     else:
-        cache.clear()  # each process prepares its own data
-        failed = _run_parallel(plan, jobs, threads, adopt, note, log)
+        data_files = {id(t): cache.file(t.config) for t in plan.tasks}
+        cache.clear()  # each process reads the model-space tensors from the cache file
+        failed = _run_parallel(plan, jobs, threads, adopt, note, log, data_files)
+        if not failed:
+            shutil.rmtree(root / ".cache", ignore_errors=True)
     results = write_results(spec, plan, log=log)
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record["seconds"] = round(time.perf_counter() - t_start, 1)
@@ -484,8 +501,14 @@ def _rep_folder(plan: Plan, t: Task) -> str:
     return os.path.relpath(t.folder.parent, plan.root)
 
 
-def _run_parallel(plan: Plan, jobs: int, threads: int, adopt, note, log) -> list[str]:
-    """Run tasks as separate processes, at most `jobs` at a time, each with `threads` CPU threads."""
+def _task_json(t: Task) -> dict:
+    return {"kind": t.kind, "folder": str(t.folder), "scores": _s(t.scores), "experts": _s(t.experts),
+            "distill": _s(t.distill), "overwrite": t.overwrite}
+
+
+def _run_parallel(plan: Plan, jobs: int, threads: int, adopt, note, log, data_files: dict) -> list[str]:
+    """Run tasks as separate processes, at most `jobs` at a time, each with `threads` CPU threads. A distillation
+    and its cell's evaluation run in one process (the data are read once)."""
     logs = plan.root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     pending = list(plan.tasks)
@@ -515,44 +538,51 @@ def _run_parallel(plan: Plan, jobs: int, threads: int, adopt, note, log) -> list
                     continue
                 if len(running) >= jobs:
                     continue
-                if any(r[0].folder == t.folder for r in running.values()):
-                    continue
                 pending.remove(t)
+                group = [t]
+                if t.follow is not None and t.follow in pending and t.follow.deps == [t]:
+                    group.append(t.follow)  # the evaluation follows in the same process
+                    pending.remove(t.follow)
                 name = t.label.replace(" ", "-").replace("/", "_")
                 task_file = logs / f"{name}.task.json"
-                atomic_write_json(task_file, {"kind": t.kind, "config": to_dict(t.config), "folder": str(t.folder),
-                                              "scores": _s(t.scores), "experts": _s(t.experts),
-                                              "distill": _s(t.distill), "overwrite": t.overwrite,
-                                              "threads": threads})
+                atomic_write_json(task_file, {"config": to_dict(t.config), "threads": threads,
+                                              "model_space_cache": _s(data_files.get(id(t))),
+                                              "tasks": [_task_json(g) for g in group]})
                 fh = open(logs / f"{name}.log", "a", encoding="utf-8")  # noqa: SIM115 - closed when it ends
                 proc = subprocess.Popen([sys.executable, "-m", "padistill.sweep.worker", str(task_file)],
                                         stdout=fh, stderr=subprocess.STDOUT, env=env)
-                running[proc.pid] = (t, proc, time.perf_counter(), fh)
-                log(f"sweep: started {t.label} (pid {proc.pid}, {threads} thread(s), log {logs / (name + '.log')})")
+                running[proc.pid] = (group, proc, time.perf_counter(), fh)
+                what = " + ".join(g.label for g in group)
+                log(f"sweep: started {what} (pid {proc.pid}, {threads} thread(s), log {logs / (name + '.log')})")
                 progressed = True
             finished = [pid for pid, (_, p, _, _) in running.items() if p.poll() is not None]
             for pid in finished:
-                t, p, t0, fh = running.pop(pid)
+                group, p, t0, fh = running.pop(pid)
                 fh.close()
-                t.seconds = time.perf_counter() - t0
+                seconds = time.perf_counter() - t0
+                what = " + ".join(g.label for g in group)
+                last = _last_line(Path(fh.name))
+                for g in group:
+                    g.seconds = seconds / len(group)  # one process: the split is not measured
+                    if p.returncode == 0:
+                        done.add(id(g))
+                        g.outcome = {"running": "resumed"}.get(g.state, "built") if g.kind != "eval" else "evaluated"
+                    else:
+                        bad.add(id(g))
+                        g.outcome = "failed"
+                    note(g)
                 if p.returncode == 0:
-                    done.add(id(t))
-                    t.outcome = {"running": "resumed"}.get(t.state, "built") if t.kind != "eval" else "evaluated"
-                    log(f"sweep: finished {t.label} in {t.seconds:.0f}s")
+                    log(f"sweep: finished {what} in {seconds:.0f}s")
                 else:
-                    bad.add(id(t))
-                    t.outcome = "failed"
-                    last = _last_line(plan.root / "logs" / f"{t.label.replace(' ', '-').replace('/', '_')}.log")
-                    failed.append(f"{t.label} (exit {p.returncode}: {last})")
-                    log(f"sweep: {t.label} failed (exit {p.returncode}): {last}")
-                note(t)
+                    failed.append(f"{what} (exit {p.returncode}: {last})")
+                    log(f"sweep: {what} failed (exit {p.returncode}): {last}")
                 progressed = True
             if not progressed:
                 time.sleep(0.5)
     finally:
-        for _t, p, _, _fh in running.values():  # interrupted: stop our own children, keep their resumable state
+        for _g, p, _, _fh in running.values():  # interrupted: stop our own children, keep their resumable state
             p.terminate()
-        for _t, p, _, fh in running.values():
+        for _g, p, _, fh in running.values():
             try:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -1,9 +1,10 @@
 """One sweep task in its own process (`padistill sweep --jobs N`): `python -m padistill.sweep.worker TASK.json`.
 
-TASK.json (written by sweep/run.py): kind (scores | experts | distill | eval), the resolved config, the stage
-folder, its input folders, --overwrite, and the thread budget. The process sets torch's intra-op threads to that
-budget (its OMP/MKL variables are set by the parent), prepares the data itself, runs the same stage call as
-`padistill run`, and exits 0, or 2 with one `padistill: error:` line.
+TASK.json (written by sweep/run.py): the resolved config, the thread budget, the model-space cache file, and the
+stages to run in order (kind scores | experts | distill | eval, folder, input folders, --overwrite: a distillation
+and its evaluation share one process). The process sets torch's intra-op threads to the budget (its OMP/MKL
+variables are set by the parent), reads the data, runs the same stage calls as `padistill run`, and exits 0, or 2
+with one `padistill: error:` line.
 """
 
 from __future__ import annotations
@@ -30,13 +31,17 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = from_dict(task["config"], where=f"{argv[0]}: config")
 
-        def path(k):
-            return Path(task[k]) if task.get(k) else None
+        def path(t, k):
+            return Path(t[k]) if t.get(k) else None
 
-        t = Task(task["kind"], Path(task["folder"]), cfg, scores=path("scores"), experts=path("experts"),
-                 distill=path("distill"), overwrite=bool(task.get("overwrite")))
-        print(f"sweep worker: {t.kind} -> {t.folder} ({torch.get_num_threads()} torch thread(s))", flush=True)
-        run_task(t, prepare(cfg), lambda m: print(m, flush=True), show_progress=False)
+        log = lambda m: print(m, flush=True)  # noqa: E731
+        prepared = prepare(cfg, log=log, model_space_cache=task.get("model_space_cache"))
+        for spec in task["tasks"]:
+            t = Task(spec["kind"], Path(spec["folder"]), cfg, scores=path(spec, "scores"),
+                     experts=path(spec, "experts"), distill=path(spec, "distill"),
+                     overwrite=bool(spec.get("overwrite")))
+            print(f"sweep worker: {t.kind} -> {t.folder} ({torch.get_num_threads()} torch thread(s))", flush=True)
+            run_task(t, prepared, log, show_progress=False)
         return 0
     except PadistillError as e:
         print(f"padistill: error: {e}", flush=True)
