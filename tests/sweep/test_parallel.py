@@ -43,3 +43,25 @@ def test_jobs_run_cells_as_processes_with_the_same_results(tmp_path, monkeypatch
         assert "sweep worker: eval" in log and "1 torch thread(s)" in log  # distill + eval in one process
     one, two = (json.loads((tmp_path / x / "results.json").read_text())["cells"] for x in ("one", "two"))
     assert [r["nets"] for r in one] == [r["nets"] for r in two]
+
+
+@pytest.mark.slow
+def test_torchrun_spreads_the_cells_over_ranks(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from test_sweep import CELLS, write_spec
+
+    spec = write_spec(tmp_path / "tiny.yaml")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                    "padistill", "sweep", str(spec), "--out", str(tmp_path / "s"), "--quiet"], check=True, env=env,
+                   capture_output=True, timeout=600)
+    tasks = json.loads((tmp_path / "s" / "sweep.json").read_text())["tasks"]
+    by_rank = {t.get("rank", 0) for t in tasks.values()}
+    assert by_rank == {0, 1} and len(tasks) == 2 * len(CELLS) + 3  # 3 shared stages, each cell's distill + eval
+    rank1 = json.loads((tmp_path / "s" / "sweep.rank1.json").read_text())["tasks"]
+    assert "distill fiem" in rank1 and "eval fiem" in rank1  # the second cell, distilled and evaluated by rank 1
+    res = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert all(r["nets"] for r in res["cells"])

@@ -16,6 +16,8 @@ functions the stages use (`scores_settings`, `experts_settings`, `distill_settin
 distillation settings use one experts folder and nothing is trained twice. `--reuse DIR`: any complete stage
 folder under DIR (found by its manifest.json) whose stage and key equal a needed one is copied in instead of
 being rebuilt (scores, experts, distill, and eval, whose key is known once the distilled set exists).
+Scale-out: `--jobs N` runs tasks as N local processes; under torchrun the ranks share the tasks round-robin and
+wait for each other's stage folders on the file system (no process group is needed).
 Pairing: every cell keeps the run's seed (distill_seeds vary `distill.seed` only), so evaluation run r of every
 cell trains the same initialisation on the same data order. Resume: each stage resumes or reuses its folder;
 a cell whose settings changed since its folder was made is refused, naming the cell, unless --overwrite.
@@ -413,6 +415,11 @@ def run_sweep(spec: Spec, out: str | Path | None = None, reuse=(), jobs: int = 1
     t_start = time.perf_counter()
     if jobs < 1:
         raise PadistillError(f"--jobs must be >= 1; got {jobs}")
+    rank, world = ranks()
+    if world > 1:
+        if jobs > 1:
+            raise PadistillError("sweep: --jobs N and torchrun both spread the cells; use one of them")
+        _device_per_rank(spec)
     root = Path(out) if out else Path("runs") / "sweeps" / spec.name
     pool = ReusePool(reuse, exclude=root)
     if reuse:
@@ -423,8 +430,12 @@ def run_sweep(spec: Spec, out: str | Path | None = None, reuse=(), jobs: int = 1
     plan = make_plan(spec, root, pool, cache, overwrite)
     threads = default_threads(jobs) if jobs > 1 else None
     log(describe_plan(plan, spec, jobs, threads))
+    if world > 1:
+        log(f"sweep: {world} ranks: shared stages and cells are dealt round-robin, each rank runs its share alone")
     if plan_only:
         return root
+    if rank != 0:
+        return _run_rank(plan, rank, world, pool, root, log, show_progress, cache)
     root.mkdir(parents=True, exist_ok=True)
     raw = dict(spec.raw)
     raw["distill_seeds"] = spec.distill_seeds
@@ -471,7 +482,11 @@ def run_sweep(spec: Spec, out: str | Path | None = None, reuse=(), jobs: int = 1
 
     failed: list[str] = []
     if jobs == 1:
+        mine = rank_share(plan, rank, world)
         for i, t in enumerate(plan.tasks):
+            if id(t) not in mine:
+                continue
+            _wait_for_inputs(t, log)
             if adopt(t):
                 continue
             log(f"sweep: [{i + 1}/{len(plan.tasks)}] {t.label}")
@@ -486,6 +501,15 @@ def run_sweep(spec: Spec, out: str | Path | None = None, reuse=(), jobs: int = 1
         failed = _run_parallel(plan, jobs, threads, adopt, note, log, data_files)
         if not failed:
             shutil.rmtree(root / ".cache", ignore_errors=True)
+    if world > 1:  # the other ranks' cells
+        from padistill.utils.distributed import wait_until
+
+        evals = [t for t in plan.tasks if t.kind == "eval"]
+        wait_until(lambda: all(_eval_complete(t) for t in evals), "the other ranks' cells", log)
+        for r in range(1, world):
+            other = root / f"sweep.rank{r}.json"
+            if other.is_file():
+                record["tasks"].update(read_json(other, "sweep record").get("tasks", {}))
     results = write_results(spec, plan, log=log)
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record["seconds"] = round(time.perf_counter() - t_start, 1)
@@ -495,6 +519,79 @@ def run_sweep(spec: Spec, out: str | Path | None = None, reuse=(), jobs: int = 1
                              "that finished; run the same command again to resume")
     log(f"sweep: done in {record['seconds']:.0f}s -> {root / 'table.md'}")
     return results
+
+
+def ranks() -> tuple[int, int]:
+    """(rank, world size) under torchrun (from its environment; the sweep needs no process group), else (0, 1)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _device_per_rank(spec: Spec) -> None:
+    """Under torchrun with CUDA, `device: auto` means this rank's GPU (LOCAL_RANK), not GPU 0 for every rank."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    local = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+    for cell in spec.cells:
+        for rep in cell.replicates:
+            if rep.config.device.strip().lower() == "auto":
+                rep.config.device = f"cuda:{local}"
+
+
+def rank_share(plan: Plan, rank: int, world: int) -> set[int]:
+    """ids of the tasks `rank` runs: shared stages round-robin, and each cell's distillation + evaluation together."""
+    if world <= 1:
+        return {id(t) for t in plan.tasks}
+    shared = [t for t in plan.tasks if t.kind in ("scores", "experts")]
+    cells = [t for t in plan.tasks if t.kind == "distill"]
+    mine = {id(t) for j, t in enumerate(shared) if j % world == rank}
+    for i, t in enumerate(cells):
+        if i % world == rank:
+            mine |= {id(t), id(t.follow)}
+    return mine
+
+
+def _wait_for_inputs(t: Task, log) -> None:
+    """Block until the stages `t` reads are complete (made by another rank under torchrun; at once otherwise)."""
+    from padistill.utils.distributed import wait_until
+
+    for dep in t.deps:
+        wait_until(lambda dep=dep: _folder_state(dep.folder, dep.kind, dep.key) == "complete",
+                   f"{dep.folder} (another rank builds it)", log)
+
+
+def _run_rank(plan: Plan, rank: int, world: int, pool: ReusePool, root: Path, log, show_progress: bool,
+              cache: PreparedCache) -> Path:
+    """A rank > 0 under torchrun: its share of the tasks; rank 0 writes the records and the table."""
+    record: dict = {"rank": rank, "tasks": {}}
+    from padistill.utils.distributed import wait_until
+
+    wait_until(lambda: (root / "sweep.yaml").is_file(), f"{root} (rank 0 creates it)", log)
+    for t in plan.tasks:
+        if id(t) not in rank_share(plan, rank, world):
+            continue
+        _wait_for_inputs(t, log)
+        if t.kind == "eval":
+            t.key = eval_key(t.config, plan.fingerprints[_rep_folder(plan, t)], t.distill)
+            if _folder_state(t.folder, "eval", t.key) == "complete":
+                continue
+            t.reuse_from = pool.get("eval", t.key)
+        elif t.state == "complete":
+            continue
+        t0 = time.perf_counter()
+        if t.reuse_from is not None:
+            copy_stage(t.reuse_from, t.folder)
+            t.outcome = "copied"
+        else:
+            run_task(t, cache.get(t.config), log, show_progress)
+            t.outcome = "evaluated" if t.kind == "eval" else {"running": "resumed"}.get(t.state, "built")
+        t.seconds = time.perf_counter() - t0
+        record["tasks"][t.label] = {"kind": t.kind, "folder": os.path.relpath(t.folder, root), "outcome": t.outcome,
+                                    "seconds": round(t.seconds, 1), "rank": rank,
+                                    "reused_from": str(t.reuse_from) if t.reuse_from else None}
+        atomic_write_json(root / f"sweep.rank{rank}.json", record)
+    return root
 
 
 def _rep_folder(plan: Plan, t: Task) -> str:
