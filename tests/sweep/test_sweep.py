@@ -193,3 +193,21 @@ def test_plot_and_html_page(done):
     for cell in CELLS:
         assert f"<figcaption>{cell}<br>" in page and (s1 / "report" / f"cell-{cell}.png").is_file()
     assert "<table>" in page and "Δ vs datm" in page
+
+
+def test_a_cell_not_started_yet_may_change(tmp_path):
+    from padistill.sweep.run import CELL_FILE
+
+    spec = write_spec(tmp_path / "a.yaml", cells={"datm": {}})
+    with pytest.MonkeyPatch.context() as mp:  # stop before any stage: only the cell records exist
+        mp.setattr("padistill.sweep.run.run_task", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            sweep(spec, tmp_path / "s")
+    assert (tmp_path / "s" / "cells" / "datm" / CELL_FILE).is_file()
+    changed = write_spec(tmp_path / "b.yaml", cells={"datm": {"distill.select.ratio": 0.5}})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("padistill.sweep.run.run_task", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):  # accepted (no refusal): it got as far as the first stage
+            sweep(changed, tmp_path / "s")
+    rec = json.loads((tmp_path / "s" / "cells" / "datm" / CELL_FILE).read_text())
+    assert rec["config"]["distill"]["select"]["ratio"] == 0.5

@@ -264,7 +264,8 @@ def make_plan(spec: Spec, root: Path, pool: ReusePool, prepared: PreparedCache, 
             record = folder / CELL_FILE
             st = _folder_state(dist_t.folder, "distill", dkey)
             why = None
-            if record.is_file():
+            made = st != "missing" or (folder / "eval" / MANIFEST).is_file()  # nothing made yet: nothing to refuse
+            if made and record.is_file():
                 old = read_json(record, "sweep cell record")
                 if isinstance(old, dict) and (old.get("distill_key") != dkey or
                                               old.get("eval_settings") != eval_settings(cfg)):
