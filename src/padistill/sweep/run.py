@@ -46,7 +46,7 @@ from padistill.utils.manifest import MANIFEST, StageDir
 CELL_FILE = "cell.json"
 
 
-@dataclass
+@dataclass(eq=False)  # tasks are compared by identity (a shared stage is one object)
 class Task:
     kind: str  # scores | experts | distill | eval
     folder: Path
