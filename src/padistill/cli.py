@@ -42,6 +42,17 @@ def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> No
                         "= --set data.download=true)")
     p.add_argument("--seed", type=int, help="override the config seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_threads_arg(p)
+
+
+def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads of this process (default: $PADISTILL_THREADS, else $OMP_NUM_THREADS, else the "
+                        "CPUs its affinity mask and cgroup quota allow)")
+
+
+# commands that only read or copy files: no thread policy, no start-up line
+_LIGHT_COMMANDS = {"list", "config", "report", "export", "import", "buffers"}
 
 
 def _resolve(args) -> Config:  # noqa: F821
@@ -284,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", action="store_true", help="skip the random-real-subset baseline")
     p.add_argument("--out", help="output folder (default: RUN_DIR/../eval or RUN_DIR/eval)")
     p.add_argument("--quiet", action="store_true")
+    _add_threads_arg(p)
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a run")
@@ -361,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command not in _LIGHT_COMMANDS:
+            from padistill.utils.threads import apply_threads
+
+            apply_threads(getattr(args, "threads", None), log=_log)
         return int(args.fn(args) or 0)
     except PadistillError as e:
         print(f"padistill: error: {e}", file=sys.stderr)

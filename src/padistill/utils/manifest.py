@@ -24,6 +24,7 @@ import torch
 
 import padistill
 from padistill.errors import PadistillError
+from padistill.utils import lock
 from padistill.utils.io import (
     atomic_write_json,
     atomic_write_text,
@@ -90,14 +91,24 @@ class StageDir:
         return "complete" if m.get("status") == "complete" else "running"
 
     def begin(self, overwrite: bool = False) -> str:
-        """Prepare the folder; returns the state found ('missing', 'running' or 'complete')."""
-        st = self.state()
+        """Prepare the folder; returns the state found ('missing', 'running' or 'complete').
+
+        Takes the folder's write lock first (held until `complete()` or the end of the process), so a second
+        writer is refused before it can read a half-written manifest or sweep this run's temp files."""
+        lock.acquire(self.path, self.stage)
+        try:
+            st = self.state()
+        except BaseException:
+            lock.release(self.path)
+            raise
         if st == "different" and not overwrite:
+            lock.release(self.path)
             m = self.existing() or {}
             raise PadistillError(
                 f"{self.path}: holds a different {m.get('stage', '?')} run (its settings or inputs differ); "
                 "choose another output folder or pass --overwrite")
         if st == "complete":
+            lock.release(self.path)
             return st
         self.path.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(self.path)  # half-written files of a killed run (never renamed into place)
@@ -115,6 +126,7 @@ class StageDir:
         self.extra.update(extra)
         hashes = {name: sha256_file(self.path / name) for name in (outputs or []) if (self.path / name).is_file()}
         self._write("complete", hashes)
+        lock.release(self.path)
 
     def _write(self, status: str, outputs: dict[str, str]) -> None:
         old = self.existing() if (self.path / MANIFEST).is_file() else None
