@@ -202,3 +202,24 @@ def test_without_datasets_installed_hf_is_a_one_line_error(tmp_path, monkeypatch
         load_dataset("hf", root=tmp_path, path=str(tmp_path))
     with pytest.raises(PadistillError, match=r"give the dataset with|name the dataset with"):
         load_dataset("hf", root=tmp_path)
+
+
+@needs_datasets
+def test_digits_written_as_a_datasets_dataset_load_like_the_builtin_loader(tmp_path):
+    """Through the config, as `--set data.name=hf --set data.options=...` gives it."""
+    from padistill.config import load_config
+
+    ref = load_dataset("digits")
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=ref.class_names)})
+
+    def split(x, y):
+        return datasets.Dataset.from_dict({"image": [Image.fromarray(a[0].numpy()) for a in x], "label": y.tolist()},
+                                          features=feats)
+
+    datasets.DatasetDict({"train": split(ref.x_train, ref.y_train),
+                          "test": split(ref.x_test, ref.y_test)}).save_to_disk(str(tmp_path / "digits"))
+    d = load_config(overrides=["data.name=hf", f"data.options={{path: {tmp_path / 'digits'}, mode: L}}"]).data
+    ds = load_dataset(d.name, root=tmp_path / "root", **d.options)
+    assert torch.equal(ds.x_train, ref.x_train) and torch.equal(ds.y_train, ref.y_train)
+    assert torch.equal(ds.x_test, ref.x_test) and ds.class_names == ref.class_names
+    assert (ds.mean, ds.std) == (ref.mean, ref.std)  # both from the train set (channel_stats)
