@@ -223,3 +223,27 @@ def test_digits_written_as_a_datasets_dataset_load_like_the_builtin_loader(tmp_p
     assert torch.equal(ds.x_train, ref.x_train) and torch.equal(ds.y_train, ref.y_train)
     assert torch.equal(ds.x_test, ref.x_test) and ds.class_names == ref.class_names
     assert (ds.mean, ds.std) == (ref.mean, ref.std)  # both from the train set (channel_stats)
+
+
+@needs_datasets
+def test_hub_id_from_a_real_local_cache_without_network(tmp_path, dsdict, monkeypatch):
+    """A Hub id resolves from the library's own cache in offline mode (the cache is built here the way the library
+    lays it out after a download: <cache>/<user>___<name>/<config>/<version>/<hash>/<name>-<split>.arrow)."""
+    import shutil
+
+    import datasets.config as dcfg
+
+    d, expected = dsdict
+    (tmp_path / "src" / "data").mkdir(parents=True)
+    for split in ("train", "test"):
+        d[split].to_parquet(str(tmp_path / "src" / "data" / f"{split}-00000-of-00001.parquet"))
+    monkeypatch.setattr(dcfg, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    datasets.load_dataset("parquet", data_dir=str(tmp_path / "src"))  # fills <cache>/parquet/...
+    built = next(p for p in (tmp_path / "cache" / "parquet").glob("*/*/*") if p.is_dir())
+    target = tmp_path / "cache" / "someone___tiny" / "default" / "0.0.0" / built.name
+    shutil.copytree(built, target)
+    for split in ("train", "test"):
+        (target / f"parquet-{split}.arrow").rename(target / f"tiny-{split}.arrow")
+    check(load_dataset("hf", root=tmp_path / "root", path="someone/tiny"), expected)
+    with pytest.raises(PadistillError, match=r"'someone/other' is not in the local Hugging Face cache"):
+        load_dataset("hf", root=tmp_path / "root", path="someone/other")
