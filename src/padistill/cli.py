@@ -304,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["ddranking", "imagefolder", "hf"], default="ddranking")
     p.add_argument("--space", choices=["model", "pixel"], default=None,
                    help="model (ddranking default): the ZCA/normalised space it was distilled in; "
-                        "pixel (imagefolder, always): de-whitened [0,1]")
+                        "pixel (imagefolder, always): de-whitened [0,1]; hf: model (default) = PNGs + exact "
+                        "model-space tensors, pixel = PNGs only")
     p.add_argument("--best", action="store_true", help="export best_*.pt (the set selected on validation)")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="hf: also upload the folder to this Hugging Face "
                    "dataset repo (needs huggingface_hub and a login; the local folder stays either way)")

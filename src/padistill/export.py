@@ -15,7 +15,9 @@ run folder containing `distill/`. Output: a folder in one of these layouts (spec
               clamped to [0, 1], rounded to uint8); class folders sort in class order (torchvision
               ImageFolder's rule), prefixed with the class index when the names alone would not
               plus labels.pt and lr.pt as above beside the class folders (soft labels survive)
-  both        export.json (what was written: format, space, preprocessing, dataset, IPC, classes,
+  hf          a Hugging Face dataset folder (PNG / ClassLabel / soft-label / exact model-space columns, parquet +
+              save_to_disk files, a dataset card; see `padistill.hub`); space=model (default) or pixel (PNGs only)
+  all         export.json (what was written: format, space, preprocessing, dataset, IPC, classes,
               hashes of the source files) and config.yaml (the run's config, so `import` can rebuild
               exactly the same transform, including a held-out validation split)
 
@@ -100,6 +102,9 @@ def export_set(run_dir: str | Path, out: str | Path, fmt: str = "ddranking", spa
     if fmt == "hf":
         from padistill.hub import write_hf
 
+        for name in old:  # class folders of a previous imagefolder export into the same folder
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
         info["class_names"] = class_names or [f"class{c}" for c in range(syn.num_classes)]
         info["transform_fingerprint"] = syn.pre.fingerprint()
         info["columns"] = "image (PNG, pixel space), label (ClassLabel)" + (

@@ -69,17 +69,17 @@ def hub_offline(offline: bool):
     import datasets.config as dcfg
     import huggingface_hub.constants as hcfg
 
-    before = (dcfg.HF_HUB_OFFLINE, hcfg.HF_HUB_OFFLINE)
+    flags = [(m, k) for m, k in ((dcfg, "HF_HUB_OFFLINE"), (dcfg, "HF_DATASETS_OFFLINE"), (hcfg, "HF_HUB_OFFLINE"))
+             if hasattr(m, k)]
+    before = [getattr(m, k) for m, k in flags]
     if offline:
-        dcfg.HF_HUB_OFFLINE = hcfg.HF_HUB_OFFLINE = True
-        if hasattr(dcfg, "HF_DATASETS_OFFLINE"):
-            dcfg.HF_DATASETS_OFFLINE = True
+        for m, k in flags:
+            setattr(m, k, True)
     try:
         yield
     finally:
-        dcfg.HF_HUB_OFFLINE, hcfg.HF_HUB_OFFLINE = before
-        if hasattr(dcfg, "HF_DATASETS_OFFLINE"):
-            dcfg.HF_DATASETS_OFFLINE = before[0]
+        for (m, k), v in zip(flags, before):
+            setattr(m, k, v)
 
 
 def local_folder(path: str, root: Path | None = None) -> Path | None:
