@@ -62,6 +62,7 @@ def test_save_to_disk_dataset_dict_is_read_exactly(tmp_path, dsdict):
     ds = load_dataset("hf", root=tmp_path / "root", path=str(tmp_path / "disk"))
     check(ds, expected)
     assert ds.x_train.shape[1:] == (3, 5, 6) and ds.x_train.dtype == torch.uint8
+    check(load_dataset("hf", root=tmp_path / "disk"), expected)  # no path: the data root is the dataset folder
 
 
 @needs_datasets
@@ -200,7 +201,8 @@ def test_without_datasets_installed_hf_is_a_one_line_error(tmp_path, monkeypatch
     with pytest.raises(PadistillError, match=r"^the hf dataset source needs the optional package `datasets`: "
                                              r"pip install 'padistill\[hf\]'$"):
         load_dataset("hf", root=tmp_path, path=str(tmp_path))
-    with pytest.raises(PadistillError, match=r"give the dataset with|name the dataset with"):
+    with pytest.raises(PadistillError, match=r"^hf: no dataset in the data root .*; name it with --set "
+                                             r"data\.options\.path="):
         load_dataset("hf", root=tmp_path)
 
 

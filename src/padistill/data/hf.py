@@ -1,6 +1,6 @@
 """Hugging Face `datasets` as a dataset source (`data.name: hf`), and the shared reading helpers.
 
-Input: option `path`, one of
+Input: option `path` (default: the data root itself), one of
   - a folder written by `datasets.Dataset.save_to_disk` / `DatasetDict.save_to_disk`,
   - a folder of parquet shards (splits found by the Hub's own file-name rules: `data/train-00000-of-00001.parquet`,
     `train/*.parquet`, `test.parquet`, ...; a folder whose files name no split is all `train`),
@@ -283,9 +283,13 @@ def load_hf(root: Path, download: bool, path: str | None = None, image_column: s
             test_fraction: float | None = None, split_seed: int = 0, resize=None, mode: str = "RGB",
             subset: str | None = None, revision: str | None = None, cache: bool = True) -> Dataset:
     """A `datasets` dataset from disk, parquet shards or the local Hub cache (see the module docstring)."""
-    if path is None:
-        raise PadistillError("hf: name the dataset with --set data.options.path=FOLDER_OR_HUB_ID (a save_to_disk "
-                             "folder, a folder of parquet shards, or a Hub id)")
+    if path is None:  # the data root itself may be the dataset folder
+        r = Path(root)
+        if not (r.is_dir() and ((r / "dataset_dict.json").is_file() or (r / "state.json").is_file()
+                                or any(r.rglob("*.parquet")))):
+            raise PadistillError(f"hf: no dataset in the data root {r}; name it with --set data.options.path=... (a "
+                                 "save_to_disk folder, a folder of parquet shards, or a Hub id)")
+        path = str(r)
     if mode not in _MODES:
         raise PadistillError(f"hf: option mode must be one of {', '.join(_MODES)}, found {mode!r}")
     size = _size_option(resize, "hf")
