@@ -241,3 +241,13 @@ def test_cli_export_import_hf(run, tmp_path):
     assert main(["import", str(tmp_path / "hf"), str(tmp_path / "imp"), "--format", "hf", "--space", "zca",
                  "--dataset", "digits"]) == 0
     assert torch.equal(load_distilled(tmp_path / "imp").images, load_distilled(run / "distill").images)
+
+
+@needs_datasets
+def test_hf_export_over_a_previous_export_leaves_no_stale_files(run, tmp_path):
+    want = sorted(["README.md", "config.yaml", "data", "data-00000-of-00001.arrow", "dataset_info.json",
+                   "export.json", "state.json"])
+    for before in ("imagefolder", "ddranking"):
+        out = export_set(run, tmp_path / before, fmt=before, **QUIET)
+        export_set(run, out, fmt="hf", **QUIET)
+        assert sorted(p.name for p in out.iterdir()) == want, before

@@ -105,6 +105,8 @@ def export_set(run_dir: str | Path, out: str | Path, fmt: str = "ddranking", spa
         for name in old:  # class folders of a previous imagefolder export into the same folder
             if (out / name).is_dir():
                 shutil.rmtree(out / name)
+        for name in ("images.pt", "labels.pt", "lr.pt"):  # tensors of a previous ddranking export
+            (out / name).unlink(missing_ok=True)
         info["class_names"] = class_names or [f"class{c}" for c in range(syn.num_classes)]
         info["transform_fingerprint"] = syn.pre.fingerprint()
         info["columns"] = "image (PNG, pixel space), label (ClassLabel)" + (
