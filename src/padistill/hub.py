@@ -202,7 +202,7 @@ def dataset_card(syn, labels: torch.Tensor, class_names: list[str], space: str, 
         *columns,
         "",
         f"Model space: `{syn.pre.kind}`"
-        + (f" (ZCA whitening fitted on the {dataset} training set, eps {syn.pre.eps:g})" if syn.pre.kind == "zca"
+        + (f" (ZCA whitening fitted on the {source_name} training set, eps {syn.pre.eps:g})" if syn.pre.kind == "zca"
            else " (per-channel mean/std of the training set)" if syn.pre.kind == "normalize" else "")
         + f". Class names: {', '.join(class_names[:20])}{' ...' if C > 20 else ''}.",
         "",
@@ -215,7 +215,7 @@ def dataset_card(syn, labels: torch.Tensor, class_names: list[str], space: str, 
         "```",
         "",
         "Back into padistill, with the exact model-space tensors (the transform is rebuilt from `config.yaml` and "
-        f"the {dataset} data):",
+        f"the {source_name} data):",
         "",
         "```bash",
         f"padistill import FOLDER runs/imported --format hf --space {space_flag} --dataset {dataset}",
