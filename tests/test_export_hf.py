@@ -135,7 +135,8 @@ def test_dataset_card(exported):
     assert "| distilled | 50.0 ± 1.0 |" in body and "Protocol: 301 epochs" in body  # the run's eval table
     assert "/somewhere/local" not in body  # the table's heading with a local path is dropped
     assert "```yaml\nname: " in body and "preprocess: zca" in body  # the config
-    assert "Prioritize Alignment in Dataset Distillation" in body and "arXiv:2408.03360" in body
+    assert "@article{li2024pad," in body and "Prioritize Alignment in Dataset Distillation" in body
+    assert "arXiv:2408.03360" in body and "@inproceedings{guo2024datm," in body
     from padistill import __version__
 
     assert f"padistill/) {__version__}" in body

@@ -80,7 +80,8 @@ def method_of(cfg) -> tuple[str, list[str]]:
 
 def _bibtex(key: str) -> str:
     name, authors, title, venue, year = CITATIONS[key]
-    return f"@misc{{{name},\n  author = {{{authors}}},\n  title = {{{title}}},\n  {venue},\n  year = {{{year}}}\n}}"
+    kind = "article" if venue.startswith("journal") else "inproceedings"
+    return f"@{kind}{{{name},\n  author = {{{authors}}},\n  title = {{{title}}},\n  {venue},\n  year = {{{year}}}\n}}"
 
 
 # ------------------------------------------------------------------------------------------ export
