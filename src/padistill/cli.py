@@ -232,8 +232,14 @@ def cmd_buffers(args) -> int:
 def cmd_export(args) -> int:
     from padistill.export import export_set
 
-    export_set(args.run_dir, args.out, fmt=args.format, space=args.space, log=_log,
-               prefix="best_" if args.best else "")
+    if args.push_to_hub and args.format != "hf":
+        raise PadistillError("--push-to-hub uploads a Hugging Face dataset; use it with --format hf")
+    out = export_set(args.run_dir, args.out, fmt=args.format, space=args.space, log=_log,
+                     prefix="best_" if args.best else "", repo_id=args.push_to_hub)
+    if args.push_to_hub:
+        from padistill.hub import push_to_hub
+
+        push_to_hub(out, args.push_to_hub, private=args.private, log=_log)
     return 0
 
 
@@ -343,20 +349,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="import: replace a folder that holds another run")
     p.set_defaults(fn=cmd_buffers)
 
-    p = sub.add_parser("export", help="export a distilled set (DD-Ranking tensors or an ImageFolder of PNGs)")
+    p = sub.add_parser("export", help="export a distilled set (DD-Ranking tensors, an ImageFolder of PNGs, or a "
+                                      "Hugging Face dataset)")
     p.add_argument("run_dir")
     p.add_argument("out")
-    p.add_argument("--format", choices=["ddranking", "imagefolder"], default="ddranking")
+    p.add_argument("--format", choices=["ddranking", "imagefolder", "hf"], default="ddranking")
     p.add_argument("--space", choices=["model", "pixel"], default=None,
                    help="model (ddranking default): the ZCA/normalised space it was distilled in; "
-                        "pixel (imagefolder, always): de-whitened [0,1]")
+                        "pixel (imagefolder, always): de-whitened [0,1]; hf: model (default) = PNGs + exact "
+                        "model-space tensors, pixel = PNGs only")
     p.add_argument("--best", action="store_true", help="export best_*.pt (the set selected on validation)")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="hf: also upload the folder to this Hugging Face "
+                   "dataset repo (needs huggingface_hub and a login; the local folder stays either way)")
+    p.add_argument("--private", action="store_true", help="hf: create the Hub repo as private")
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("import", help="import a distilled set (DD-Ranking tensors / MTT-DATM-PAD files / PNGs)")
+    p = sub.add_parser("import", help="import a distilled set (DD-Ranking tensors / MTT-DATM-PAD files / PNGs / a "
+                                      "Hugging Face dataset folder)")
     p.add_argument("src")
     p.add_argument("out")
-    p.add_argument("--format", choices=["ddranking", "imagefolder"], default="ddranking")
+    p.add_argument("--format", choices=["ddranking", "imagefolder", "hf"], default="ddranking")
     p.add_argument("--space", choices=["zca", "normalize", "pixel"], required=True,
                    help="the space the imported images are in")
     p.add_argument("--dataset", required=True, help="dataset the set was distilled from (for its transform)")

@@ -15,7 +15,9 @@ run folder containing `distill/`. Output: a folder in one of these layouts (spec
               clamped to [0, 1], rounded to uint8); class folders sort in class order (torchvision
               ImageFolder's rule), prefixed with the class index when the names alone would not
               plus labels.pt and lr.pt as above beside the class folders (soft labels survive)
-  both        export.json (what was written: format, space, preprocessing, dataset, IPC, classes,
+  hf          a Hugging Face dataset folder (PNG / ClassLabel / soft-label / exact model-space columns, parquet +
+              save_to_disk files, a dataset card; see `padistill.hub`); space=model (default) or pixel (PNGs only)
+  all         export.json (what was written: format, space, preprocessing, dataset, IPC, classes,
               hashes of the source files) and config.yaml (the run's config, so `import` can rebuild
               exactly the same transform, including a held-out validation split)
 
@@ -50,7 +52,7 @@ from padistill.utils.io import (
     sha256_tensor,
 )
 
-FORMATS = ("ddranking", "imagefolder")
+FORMATS = ("ddranking", "imagefolder", "hf")
 EXPORT_SPACES = ("model", "pixel")
 IMPORT_SPACES = ("zca", "normalize", "pixel")
 EXPORT_INFO = "export.json"
@@ -60,21 +62,27 @@ EXPORT_INFO = "export.json"
 
 
 def export_set(run_dir: str | Path, out: str | Path, fmt: str = "ddranking", space: str | None = None,
-               log=print, prefix: str = "") -> Path:
+               log=print, prefix: str = "", repo_id: str | None = None) -> Path:
     """Write the distilled set of `run_dir` to `out` in `fmt` (see module docstring); returns `out`.
 
-    `prefix='best_'` exports the set selected on validation (best_*.pt) instead of the final one."""
+    `prefix='best_'` exports the set selected on validation (best_*.pt) instead of the final one.
+    `fmt='hf'`: a Hugging Face dataset folder (`padistill.hub`; space model = PNGs + exact model tensors, pixel =
+    PNGs only); `repo_id` only names the repository in its dataset card."""
     from padistill.artifacts import load_distilled
     from padistill.data.transforms import Preprocessor
     from padistill.evaluate.stage import check_set_folder, find_distill_dir, read_set_config
 
     if fmt not in FORMATS:
         raise PadistillError(f"export: format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    space = space or ("model" if fmt == "ddranking" else "pixel")
+    space = space or ("pixel" if fmt == "imagefolder" else "model")
     if space not in EXPORT_SPACES:
         raise PadistillError(f"export: space must be one of {', '.join(EXPORT_SPACES)}; got {space!r}")
     if fmt == "imagefolder" and space != "pixel":
         raise PadistillError("export: an ImageFolder holds PNG pixels; use --space pixel (the default for it)")
+    if fmt == "hf":
+        from padistill.data.hf import require_datasets
+
+        require_datasets("export --format hf")
     folder = find_distill_dir(run_dir)
     check_set_folder(folder)
     cfg = read_set_config(folder) if (folder / "config.yaml").is_file() else None
@@ -91,7 +99,21 @@ def export_set(run_dir: str | Path, out: str | Path, fmt: str = "ddranking", spa
             "lr": float(syn.lr), "class_contiguous": True, "source": str(folder),
             "source_files": {n: sha256_file(folder / n) for n in
                              (f"{prefix}images.pt", f"{prefix}labels.pt", f"{prefix}lr.pt", "preprocess.pt")}}
-    if fmt == "ddranking":
+    if fmt == "hf":
+        from padistill.hub import write_hf
+
+        for name in old:  # class folders of a previous imagefolder export into the same folder
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+        for name in ("images.pt", "labels.pt", "lr.pt"):  # tensors of a previous ddranking export
+            (out / name).unlink(missing_ok=True)
+        info["class_names"] = class_names or [f"class{c}" for c in range(syn.num_classes)]
+        info["transform_fingerprint"] = syn.pre.fingerprint()
+        info["columns"] = "image (PNG, pixel space), label (ClassLabel)" + (
+            ", soft_label (float32 logits)" if labels.is_floating_point() else "") + (
+            ", model_image (float32, model space)" if space == "model" else "")
+        write_hf(out, syn, labels, info["class_names"], space, cfg, folder, repo_id=repo_id)
+    elif fmt == "ddranking":
         images = syn.images if space == "model" else syn.pre.inverse(syn.images)
         atomic_save(images.detach().cpu().float().contiguous(), out / "images.pt")
     else:
@@ -107,8 +129,9 @@ def export_set(run_dir: str | Path, out: str | Path, fmt: str = "ddranking", spa
             for k in range(syn.ipc):
                 _save_png(pixels[c * syn.ipc + k], out / name / f"{k:0{digits}d}.png")
         info["classes"] = names
-    atomic_save(labels.cpu().contiguous(), out / "labels.pt")
-    atomic_save(syn.lr.detach().cpu().float().reshape(()), out / "lr.pt")
+    if fmt != "hf":  # an hf folder holds the labels in its columns and the lr in export.json
+        atomic_save(labels.cpu().contiguous(), out / "labels.pt")
+        atomic_save(syn.lr.detach().cpu().float().reshape(()), out / "lr.pt")
     if cfg is not None:
         from padistill.config import dump_yaml
 
@@ -308,7 +331,7 @@ def import_set(src: str | Path, out: str | Path, fmt: str = "ddranking", space: 
         raise PadistillError("import: PNG images are pixels; use --space pixel with --format imagefolder")
     if not src.is_dir():
         raise PadistillError(f"{src}: source folder not found")
-    stated = _stated_space(src, space)  # else guess from the values below
+    stated = _stated_space(src, space) if fmt != "hf" else True  # else guess from the values below
     cfg = _import_config(src, dataset, data_root, space, preprocess)
     ds, pre = fit_transform(cfg, log)
     C = ds.num_classes
@@ -325,6 +348,14 @@ def import_set(src: str | Path, out: str | Path, fmt: str = "ddranking", space: 
         elif not stated and lo >= 0.0 and hi <= 1.0 and len(images) > 1:
             raise PadistillError(f"{used[0]}: every value lies in [0, 1], which is pixel space, not {space} "
                                  "(pass --space pixel)")
+    elif fmt == "hf":
+        from padistill.hub import read_hf_set
+
+        images, labels, lr_hf, used, in_model = read_hf_set(src, ds.class_names, space, pre)
+        _check_shape(images, pre, ds.name, src)
+        if not in_model:
+            images = pre.pre(images)
+        lr_t = torch.tensor(lr_hf) if lr_hf is not None else None
     else:
         x_uint8, hard = _read_image_folder(src, ds.class_names)
         _check_shape(x_uint8, pre, ds.name, src)
@@ -359,7 +390,7 @@ def import_set(src: str | Path, out: str | Path, fmt: str = "ddranking", space: 
     settings = {"format": fmt, "space": space, "preprocess": pre.kind, "lr": lr_value,
                 "data": {"name": cfg.data.name, "val_per_class": cfg.data.val_per_class, "seed": cfg.seed}}
     inputs = {"source": {p.name: sha256_file(p) for p in used}, "transform": pre.fingerprint()}
-    if fmt == "imagefolder":
+    if fmt in ("imagefolder", "hf"):
         inputs["images"] = sha256_tensor(images)
     stage = StageDir(out, "import", settings, inputs, cfg.seed, dump_yaml(cfg))
     if stage.begin(overwrite=overwrite) == "complete":

@@ -99,7 +99,7 @@ def test_hold_out_validation():
 
 # ---------------------------------------------------------------------------------------------- registry
 def test_registry_names_aliases_and_errors(monkeypatch, tmp_path):
-    assert list_datasets() == sorted(["cifar10", "cifar100", "digits", "imagefolder", "npz", "tinyimagenet"])
+    assert list_datasets() == sorted(["cifar10", "cifar100", "digits", "hf", "imagefolder", "npz", "tinyimagenet"])
     with pytest.raises(PadistillError, match="unknown name 'mnist' .*known: cifar10, cifar100, digits"):
         load_dataset("mnist")
     with pytest.raises(PadistillError, match="digits: unknown option 'bogus' .*test_per_class"):

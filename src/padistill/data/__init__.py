@@ -13,7 +13,7 @@ Purpose: one import for the rest of the package:
 Importing the loader modules below registers them (`list_datasets()` shows the names).
 """
 
-from padistill.data import cifar, digits, folders, formats, tinyimagenet  # noqa: F401  (register loaders)
+from padistill.data import cifar, digits, folders, formats, hf, tinyimagenet  # noqa: F401  (register loaders)
 from padistill.data.dataset import Dataset
 from padistill.data.registry import default_data_root, list_datasets, load_dataset, register_dataset
 from padistill.data.transforms import Preprocessor, cached_preprocessor, fit_preprocessor, load_preprocessor
