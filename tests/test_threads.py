@@ -90,3 +90,12 @@ def test_cli_prints_the_choice_and_refuses_bad_flag(clean_env, tmp_path, capsys)
     assert "threads: 1 (PADISTILL_THREADS" in out.out
     assert main(["eval", str(tmp_path / "nothing"), "--threads", "0"]) == 2
     assert "--threads: expected a whole number of threads >= 1, got 0" in capsys.readouterr().err
+
+
+def test_sweep_jobs_divide_the_process_budget(clean_env):
+    from padistill.sweep.run import default_threads
+
+    clean_env.setenv("PADISTILL_THREADS", "4")
+    assert default_threads(2) == 2 and default_threads(3) == 1 and default_threads(8) == 1
+    clean_env.setenv("PADISTILL_THREADS", "1")  # never more than the caller allowed
+    assert default_threads(2) == 1

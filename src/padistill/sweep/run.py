@@ -400,15 +400,11 @@ def _write_cell_record(plan: Plan, rep, dist_t: Task, eval_t: Task, cell) -> Non
 
 
 def default_threads(jobs: int) -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    threads = max(1, cores // max(1, jobs))
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) >= 1:
-        threads = min(threads, int(env))  # never more than the caller allowed
-    return threads
+    """Each job's share of this process's thread budget (utils.threads: --threads, PADISTILL_THREADS,
+    OMP_NUM_THREADS, else the CPUs the affinity mask and cgroup quota allow), at least one."""
+    from padistill.utils.threads import choose_threads
+
+    return max(1, choose_threads()[0] // max(1, jobs))
 
 
 def run_sweep(spec: Spec, out: str | Path | None = None, reuse=(), jobs: int = 1, overwrite: bool = False,
@@ -615,7 +611,7 @@ def _run_parallel(plan: Plan, jobs: int, threads: int, adopt, note, log, data_fi
     running: dict[int, tuple[Task, subprocess.Popen, float, object]] = {}
     failed: list[str] = []
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               PADISTILL_SWEEP_THREADS=str(threads))
+               PADISTILL_THREADS=str(threads), PADISTILL_SWEEP_THREADS=str(threads))
     try:
         while pending or running:
             progressed = False
