@@ -75,10 +75,12 @@ def test_imported_buffers_of_another_net_are_refused(tmp_path, tiny_prepared, ti
     bn = import_replay_buffers(tmp_path / "buf", tmp_path / "bn", net="convnet-2-w8-bn", **opts)
     refused(tmp_path, tiny_prepared, bn, r"trained with net 'convnet-2-w8-bn'")
     same = import_replay_buffers(tmp_path / "buf", tmp_path / "same", net="convnet-2-w8", **opts)
-    from padistill.distill.loop import _check_experts_match
-    from padistill.utils.manifest import read_manifest
-
-    _check_experts_match(same, read_manifest(same), tiny_config(), tiny_prepared.fingerprint())  # no error
+    # the same net is accepted, and the round trip changes nothing: the distilled set is the one the original
+    # experts folder gives
+    cfg = tiny_config("distill.iterations=1")
+    a, b = (run_distill(cfg, tiny_prepared, tmp_path / name, experts_dir=e, **QUIET)
+            for name, e in (("via-import", same), ("direct", tiny_experts)))
+    assert (a / "images.pt").read_bytes() == (b / "images.pt").read_bytes()
 
 
 @pytest.mark.parametrize("net", [{"name": "convnet-2", "options": {"width": 8}},
@@ -88,7 +90,10 @@ def test_the_same_net_spelled_otherwise_is_accepted(tiny_prepared, net):
     from padistill.distill.loop import _check_experts_match
 
     m = {"settings": {"net": net}, "inputs": {"data": tiny_prepared.fingerprint()}}
-    _check_experts_match("experts", m, tiny_config(), tiny_prepared.fingerprint())
+    assert _check_experts_match("experts", m, tiny_config(), tiny_prepared.fingerprint()) is None  # accepted
+    # ... while the same manifest against a config whose net differs only in width is refused
+    with pytest.raises(PadistillError, match="experts were trained with net"):
+        _check_experts_match("experts", m, tiny_config("net.options={width: 16}"), tiny_prepared.fingerprint())
 
 
 # ----------------------------------------------------------------------------------- non-finite expert rows

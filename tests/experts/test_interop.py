@@ -137,7 +137,7 @@ def test_wrong_net_and_unsafe_or_missing_files(tmp_path):
         export_replay_buffers(tmp_path / "e2", tmp_path / "x", per_file=0, **QUIET)
 
 
-def test_cli_buffers_round_trip(tmp_path, tiny_experts):
+def test_cli_buffers_round_trip(tmp_path, tiny_experts, capsys):
     from padistill.cli import main
 
     assert main(["buffers", "export", str(tiny_experts), str(tmp_path / "buf"), "--per-file", "1"]) == 0
@@ -148,8 +148,12 @@ def test_cli_buffers_round_trip(tmp_path, tiny_experts):
     # importing into a folder that holds another run is refused, and replaced with --overwrite
     assert main(["buffers", "import", str(tmp_path / "buf"), str(tiny_experts), "--net", "convnet-2-w8",
                  "--channels", "1", "--im-size", "8"]) == 2
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "imp").iterdir() if p.is_file()}
+    capsys.readouterr()
     assert main(["buffers", "import", str(tmp_path / "buf"), str(tmp_path / "imp"), "--net", "convnet-2-w8",
                  "--channels", "1", "--im-size", "8", "--per-file", "3"]) == 0  # same import: reused
+    assert "reusing it" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "imp").iterdir() if p.is_file()} == stamps  # no write
     other = tmp_path / "other"
     export_replay_buffers(tiny_experts, other, per_file=1, **QUIET)
     (other / "replay_buffer_1.pt").unlink()

@@ -1,6 +1,7 @@
 """The experts stage: buffer layout (spec §8.6), the scheduler in the loop, storage options, reuse, errors."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -9,7 +10,6 @@ import helpers
 from padistill.errors import PadistillError
 from padistill.experts import ExpertStore, run_experts
 from padistill.experts.train import expert_seeds
-from padistill.filters.schedule import kept_columns
 
 QUIET = dict(log=lambda *_: None, show_progress=False)
 SCHEDULE = ("experts.schedule.enabled=true", "experts.schedule.init_ratio=0.5", "experts.schedule.add_end_epoch=2",
@@ -30,10 +30,33 @@ def scores_dir(tmp_path_factory, tiny_prepared):
     return run_scores(cfg, tiny_prepared, tmp_path_factory.mktemp("scores"), **QUIET)
 
 
+def paper_columns(epoch: int, K: int) -> tuple[int, int]:
+    """Paper §3.2 / spec §1.5 for the SCHEDULE above (IR 0.5, AEE 2, R1 2, r1 0.25, R2 3, r2 0.5), written out
+    here rather than taken from `filters.schedule`: e <= AEE the first floor(p*K) columns (easiest first),
+    p = min(1, IR + (1-IR) e/AEE); AEE < e <= R1 all; R1 < e <= R2 without the first floor(r1*K); then without
+    the first floor(r2*K)."""
+    if epoch <= 2:
+        return 0, math.floor(min(1.0, 0.5 + 0.5 * epoch / 2) * K)
+    return (math.floor(0.25 * K), K) if epoch <= 3 else (math.floor(0.5 * K), K)
+
+
 @pytest.fixture(scope="module")
 def scheduled(tmp_path_factory, tiny_prepared, scores_dir):
+    """Two scheduled experts; also records the `indices` every training epoch was given."""
+    import padistill.training
+
     cfg = tiny_config(*SCHEDULE, "experts.epochs=5", "experts.num=2")
-    return cfg, run_experts(cfg, tiny_prepared, tmp_path_factory.mktemp("experts"), scores_dir=scores_dir, **QUIET)
+    seen = []
+    real = padistill.training.train_epoch
+
+    def recording(*args, indices=None, **kwargs):
+        seen.append(None if indices is None else indices.detach().cpu().clone())
+        return real(*args, indices=indices, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(padistill.training, "train_epoch", recording)
+        out = run_experts(cfg, tiny_prepared, tmp_path_factory.mktemp("experts"), scores_dir=scores_dir, **QUIET)
+    return cfg, out, seen
 
 
 def test_buffer_layout_and_checkpoint_zero_is_the_initialisation(scheduled, tiny_prepared):
@@ -41,7 +64,7 @@ def test_buffer_layout_and_checkpoint_zero_is_the_initialisation(scheduled, tiny
     from padistill.context import build_net
     from padistill.nets import count_params, param_layout
 
-    cfg, out = scheduled
+    cfg, out, _ = scheduled
     store = ExpertStore(out)
     assert len(store) == 2 and store.epochs == 5
     model = build_net(tiny_prepared, seed=expert_seeds(cfg.seed, 0)[0])
@@ -60,10 +83,23 @@ def test_buffer_layout_and_checkpoint_zero_is_the_initialisation(scheduled, tiny
     assert torch.equal(start, store.checkpoint(1, 2)) and torch.equal(target, store.checkpoint(1, 5))
 
 
+def test_each_epoch_trains_on_the_easiest_first_columns_of_the_ordering(scheduled, scores_dir):
+    """FIEX: expert k's epoch e sees exactly the paper's columns of the scores folder's ordering (column 0 =
+    easiest): the easy samples first, the hard ones added last, the easiest removed at the end."""
+    _, _, seen = scheduled
+    ordering = torch.load(scores_dir / "ordering.pt", weights_only=True)
+    C, K = ordering.shape
+    assert len(seen) == 2 * 5  # 2 experts x 5 epochs, in order
+    for j, got in enumerate(seen):
+        a, b = paper_columns(j % 5, K)
+        want = ordering[:, a:b].reshape(-1)
+        assert got is not None and torch.equal(got.sort().values, want.sort().values), f"epoch {j % 5}"
+
+
 def test_scheduler_sizes_are_logged_in_meta_metrics_and_manifest(scheduled, scores_dir):
-    cfg, out = scheduled
+    cfg, out, _ = scheduled
     K = torch.load(scores_dir / "ordering.pt", weights_only=True).shape[1]
-    expected = [10 * (b - a) for a, b in (kept_columns(e, K, cfg.experts.schedule) for e in range(5))]
+    expected = [10 * (b - a) for a, b in (paper_columns(e, K) for e in range(5))]
     assert expected[0] == 10 * (K // 2) and expected[2] == 10 * K and expected[3] < expected[2]
     store = ExpertStore(out)
     for i in range(2):
@@ -80,7 +116,7 @@ def test_scheduler_sizes_are_logged_in_meta_metrics_and_manifest(scheduled, scor
 
 
 def test_an_expert_does_not_depend_on_the_others(tmp_path, scheduled, tiny_prepared, scores_dir):
-    cfg, out = scheduled
+    cfg, out, _ = scheduled
     one = run_experts(tiny_config(*SCHEDULE, "experts.epochs=5", "experts.num=1"), tiny_prepared, tmp_path / "one",
                       scores_dir=scores_dir, **QUIET)
     assert torch.equal(ExpertStore(one).trajectory(0), ExpertStore(out).trajectory(0))

@@ -46,3 +46,24 @@ def test_all_window_values_reached():
     g = generator(1, "w")
     seen = {sample_start_epoch(0, d, g) for _ in range(400)}
     assert seen == {3, 4, 5, 6}
+
+
+def test_expansion_end_of_one_or_zero_iterations():
+    """Interval 1: the bound is T at iteration 0 and T+ from iteration 1; 0 (or less): T+ from the start."""
+    assert [start_epoch_bound(it, window(expansion_end_iteration=1)) for it in (0, 1, 2)] == [10, 20, 20]
+    assert start_epoch_bound(0, window(expansion_end_iteration=0)) == 20
+    assert start_epoch_bound(0, window(expansion_end_iteration=-5)) == 20
+
+
+def test_draws_come_from_the_given_generator_only():
+    """A resumed run replays a start epoch from (seed, iteration) alone: the global RNG must not matter."""
+    import torch
+
+    d = window(sequential=False, min_start_epoch=0, max_start_epoch=1000)
+    draws = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        g = generator(5, "w")
+        draws.append([sample_start_epoch(0, d, g) for _ in range(5)])
+    assert draws[0] == draws[1]
+    assert draws[0] != [sample_start_epoch(0, d, generator(6, "w")) for _ in range(5)]

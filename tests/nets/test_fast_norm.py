@@ -125,7 +125,15 @@ def test_state_dict_is_groupnorms():
     x = _inputs((2, 5, 4, 4), torch.float32)[0]
     with torch.no_grad():
         torch.testing.assert_close(back(x), ref(x), rtol=1e-6, atol=1e-6)
-    assert nn.GroupNorm(5, 5).load_state_dict(fast.state_dict()) is not None
+    with torch.no_grad():  # non-default affine values, so that loading them is visible in the output
+        fast.weight.copy_(torch.linspace(0.5, 1.5, 5))
+        fast.bias.copy_(torch.linspace(-1.0, 1.0, 5))
+    plain = nn.GroupNorm(5, 5)
+    plain.load_state_dict(fast.state_dict())  # strict: raises on a missing or extra key
+    assert torch.equal(plain.weight, fast.weight) and torch.equal(plain.bias, fast.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), fast(x), rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(plain(x), ref(x), atol=1e-3)  # the loaded affine parameters took effect
 
 
 def test_switch_and_fallbacks(monkeypatch):
