@@ -333,3 +333,37 @@ def test_padistill_run_chains_fiex_squeeze_recover_eval_report(tmp_path, prepare
     with pytest.raises(PadistillError, match="holds a different squeeze run"):
         run_pipeline("sre2l/cifar10-ipc10", out=str(tmp_path / "run"), overrides=[*over, "sre2l.squeeze_lr=0.2"],
                      log=logs.append, show_progress=False)
+
+
+def test_subset_bn_targets_are_the_statistics_of_the_kept_subset(prepared, squeezed):
+    from padistill.sre2l.recover import subset_bn_targets
+    from padistill.sre2l.squeeze import bn_layers, load_squeezed
+
+    teacher, _ = load_squeezed(squeezed, prepared, config())
+    before = [b.running_mean.clone() for b in bn_layers(teacher)]
+    kept = torch.arange(0, 600, 3)
+    targets = subset_bn_targets(teacher, prepared.x_train, kept, batch=len(kept))  # one batch: exact statistics
+    with torch.no_grad():
+        a = teacher.features[0](prepared.x_train[kept])  # the first BN layer's input
+    mean = a.mean(dim=(0, 2, 3))
+    n = a.shape[0] * a.shape[2] * a.shape[3]
+    var = ((a - mean.view(1, -1, 1, 1)) ** 2).sum(dim=(0, 2, 3)) / (n - 1)  # running_var is unbiased
+    assert torch.allclose(targets[0][0], mean, atol=1e-5) and torch.allclose(targets[0][1], var, rtol=1e-4)
+    assert len(targets) == len(bn_layers(teacher))
+    assert all(torch.equal(b.running_mean, m) for b, m in zip(bn_layers(teacher), before))  # teacher untouched
+
+
+def test_cli_squeeze_recover_and_eval_with_the_sre2l_protocol(tmp_path, capsys):
+    from padistill.cli import main
+
+    sets = [a for o in TINY for a in ("--set", o)]
+    assert main(["squeeze", "--preset", "sre2l/cifar10-ipc10", *sets, "--out", str(tmp_path / "squeeze"),
+                 "--quiet"]) == 0
+    assert main(["recover", "--preset", "sre2l/cifar10-ipc10", *sets, "--squeeze", str(tmp_path / "squeeze"),
+                 "--out", str(tmp_path / "recover"), "--quiet"]) == 0
+    assert main(["eval", str(tmp_path / "recover"), "--protocol", "sre2l", "--quiet"]) == 0
+    assert "SRe2L relabel" in (tmp_path / "eval" / "table.md").read_text()
+    assert main(["recover", "--preset", "sre2l/cifar10-ipc10", *sets, "--set", "net.name=convnet-2",
+                 "--squeeze", str(tmp_path / "squeeze"), "--out", str(tmp_path / "r2"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the teacher is a 'convnet-2-bn', the config's net is 'convnet-2'" in err[0]
