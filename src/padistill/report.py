@@ -29,7 +29,7 @@ import torch
 from padistill.errors import PadistillError
 from padistill.utils.io import atomic_write_bytes, atomic_write_text
 
-STAGES = ("scores", "experts", "distill", "eval", "squeeze", "recover")
+STAGES = ("scores", "experts", "squeeze", "distill", "recover", "eval")
 
 
 def _locate(run_dir: Path) -> tuple[Path, Path | None, Path]:
@@ -252,7 +252,7 @@ def _manifest_html(root: Path, distill: Path | None, eval_dir: Path) -> str:
 
     folders = {s: root / s for s in STAGES}
     if distill is not None:
-        folders["distill"] = distill
+        folders["recover" if distill.name == "recover" else "distill"] = distill
     folders["eval"] = eval_dir
     rows = []
     versions = None
