@@ -316,7 +316,7 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, lr, *, net: str, num_cl
         teacher = Teacher(teacher.to(dev), batch_stats=False)
     accs: dict[int, float] = dict(skip or {})
     todo = [r for r in range(runs) if r not in accs]
-    bar = progress_bar(total=len(todo) * (p.epochs + 1), desc=f"eval {label or 'set'} {net}",
+    bar = progress_bar(total=len(todo) * (p.epochs + (p.relabel is None)), desc=f"eval {label or 'set'} {net}",
                        disable=not show_progress or not todo, unit="ep", leave=False)
     batch_stats = None
     try:

@@ -186,7 +186,8 @@ def run_eval(run_dir: str | Path, overrides=(), nets=None, runs: int | None = No
         atomic_write_json(partial_path, partial)
 
     log(f"eval: {folder} ({syn.images.shape[0]} images, {syn.num_classes} classes) on {', '.join(ec.nets)}: "
-        f"{ec.runs} run(s) x {protocol.epochs + 1} epochs, test split {len(prepared.y_test)} images")
+        f"{ec.runs} run(s) x {protocol.epochs + (protocol.relabel is None)} epochs, test split "
+        f"{len(prepared.y_test)} images")
     table = cross_arch(sets, ec.nets, prepared, cfg, split="test", skip=partial, on_run=on_run, log=log,
                        show_progress=show_progress)
     seconds = time.perf_counter() - t0
