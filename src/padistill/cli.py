@@ -7,6 +7,8 @@
     padistill distill  --preset P --experts DIR --out DIR                   synthetic set (TM / DC / DM)
     padistill eval     RUN_DIR                                              protocol, cross-arch, baseline
     padistill report   RUN_DIR                                              HTML page
+    padistill squeeze  --preset P [--scores DIR] --out DIR                  SRe2L teacher
+    padistill recover  --preset P --squeeze DIR --out DIR                   SRe2L images (eval --protocol sre2l)
     padistill run      CONFIG --out DIR                                     all of the above, resumable
     padistill train    --preset P                                           train + test one net on real data
     padistill sweep    SPEC.yaml | --preset NAME [--jobs N] [--reuse DIR]   ablation: cells, shared stages, table
@@ -145,6 +147,26 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def cmd_squeeze(args) -> int:
+    from padistill.context import prepare
+    from padistill.sre2l import run_squeeze
+
+    cfg = _resolve(args)
+    run_squeeze(cfg, prepare(cfg, log=_log), args.out, scores_dir=args.scores, overwrite=args.overwrite, log=_log,
+                show_progress=not args.quiet)
+    return 0
+
+
+def cmd_recover(args) -> int:
+    from padistill.context import prepare
+    from padistill.sre2l import run_recover
+
+    cfg = _resolve(args)
+    run_recover(cfg, prepare(cfg, log=_log), args.out, args.squeeze, scores_dir=args.scores,
+                overwrite=args.overwrite, log=_log, show_progress=not args.quiet)
+    return 0
+
+
 def cmd_train(args) -> int:
     from padistill.context import prepare
     from padistill.evaluate import train_on_real
@@ -163,6 +185,8 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from padistill.evaluate import run_eval
 
+    if args.protocol:
+        args.overrides.append(f"eval.protocol={args.protocol}")
     run_eval(args.run_dir, overrides=args.overrides, nets=args.nets, runs=args.runs, epochs=args.epochs,
              device=args.device, data_root=args.data_root, baseline=False if args.no_baseline else None, out=args.out,
              log=_log, show_progress=not args.quiet)
@@ -282,6 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--experts", help="experts folder (trajectory matching)")
         p.set_defaults(fn=fn)
 
+    for name, fn, helptext in (("squeeze", cmd_squeeze, "SRe2L: train the batch-norm teacher"),
+                               ("recover", cmd_recover, "SRe2L: recover images from a squeezed teacher")):
+        p = sub.add_parser(name, help=helptext)
+        _add_config_args(p)
+        p.add_argument("--out", required=True, help="output folder of this stage")
+        p.add_argument("--overwrite", action="store_true", help="replace a folder that holds a different run")
+        p.add_argument("--scores", help="scores folder (FIEX teacher; recover with sre2l.bn_stats=subset)")
+        if name == "recover":
+            p.add_argument("--squeeze", required=True, help="squeeze folder (the teacher)")
+        p.set_defaults(fn=fn)
+
     p = sub.add_parser("train", help="train and test a network on (a subset of) the real data")
     _add_config_args(p)
     p.add_argument("--per-class", type=int, default=None, help="random real images per class (default: all)")
@@ -299,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--data-root")
     p.add_argument("--no-baseline", action="store_true", help="skip the random-real-subset baseline")
+    p.add_argument("--protocol", choices=["tm", "sre2l"],
+                   help="tm (the paper's) or sre2l (teacher relabel; = --set eval.protocol=...)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/../eval or RUN_DIR/eval)")
     p.add_argument("--quiet", action="store_true")
     _add_threads_arg(p)
@@ -312,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="scores -> experts -> distill -> eval -> report, each stage reused/resumed")
     _add_config_args(p, positional=True)
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
-    p.add_argument("--stages", nargs="+", choices=["scores", "experts", "distill", "eval", "report"],
+    p.add_argument("--stages", nargs="+", choices=["scores", "experts", "distill", "eval", "report", "squeeze",
+                                                   "recover"],
                    help="run only these stages (their inputs must exist)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd_run)

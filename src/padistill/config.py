@@ -182,6 +182,46 @@ class EvalConfig:
     # (instance-norm nets; BatchNorm nets always use the whole batch; 0 = whole batch)
     microbatch: int = 25
     test_batch: int = 32  # images per forward pass when testing (cache-sized batches are ~2x faster on CPU)
+    protocol: str = "tm"  # tm (the paper's: SGD, DSA, set labels) | sre2l (teacher relabel, KL; `sre2l:` section)
+
+
+@dataclass
+class Sre2lConfig:
+    """SRe2L (squeeze, recover, relabel; docs/methods/sre2l.md). Used when distill.method is sre2l, and by
+    eval.protocol sre2l. FIEX: experts.schedule (the experts' scheduler, in squeeze epochs) trains the teacher."""
+
+    # squeeze: the teacher (net: the config's net, which must have batch norm)
+    squeeze_epochs: int = 200
+    squeeze_lr: float = 0.1  # SGD, cosine over squeeze_epochs (stepped per epoch)
+    squeeze_momentum: float = 0.9
+    squeeze_weight_decay: float = 5e-4
+    squeeze_batch: int = 128
+    squeeze_warmup: int = 0  # epochs of linear lr warm-up (Tiny: 5)
+    squeeze_augment: bool = True  # random crop (pad 4 at 32 px) + horizontal flip
+    # recover: images synthesised from the teacher
+    recover_ipc: int | None = None  # images per class recovered (None = distill.ipc); eval takes the first ipc
+    recover_batch: int | None = None  # classes per recover batch, one image each (None = all classes)
+    iterations: int = 1000  # Adam steps per IPC index
+    lr: float = 0.25  # Adam lr, cosine to 0 over `iterations`, betas (0.5, 0.9)
+    bn_weight: float = 0.01  # alpha: weight of the BN-statistics term
+    first_bn_weight: float = 10.0  # extra multiplier of the first (stem) BN layer
+    jitter: int = 4  # circular roll by offsets in {0..jitter} (CIFAR) or {-jitter..jitter} (jitter_both)
+    jitter_both: bool = False  # two-sided roll offsets (Tiny)
+    crop: bool = False  # random-resized crop of the whole batch before the roll (Tiny)
+    flip: bool = False  # random horizontal flip of the whole batch (Tiny)
+    bn_stats: str = "teacher"  # teacher (its running stats) | subset (re-estimated on the FIEX-kept subset)
+    storage: str = "float"  # float (lossless, default) | uint8 (truncated 8-bit pixels, like the published JPEGs)
+    # relabel + evaluation (eval.protocol sre2l; eval.epochs / batch / runs / nets as usual)
+    eval_optimizer: str = "adamw"  # adamw (CIFAR code) | sgd (Tiny code, momentum 0.9)
+    eval_lr: float = 1e-3
+    eval_weight_decay: float = 0.01
+    eval_warmup: int = 0  # epochs of linear warm-up before the cosine schedule
+    temperature: float = 30.0  # KL temperature
+    kl_t2: bool = False  # multiply the KL by T^2 (Tiny code) or not (CIFAR code)
+    mixup: bool = True  # mixup with lambda ~ Beta(mixup_alpha, mixup_alpha) on every batch (CIFAR code)
+    mixup_alpha: float = 0.8
+    teacher_mode: str = "train"  # train (the published CIFAR code: batch statistics) | eval (running statistics)
+    teacher: str | None = None  # eval teacher: a squeeze folder or teacher.pt; None = the run's squeeze/
 
 
 @dataclass
@@ -195,6 +235,7 @@ class Config:
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sre2l: Sre2lConfig = field(default_factory=Sre2lConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -202,12 +243,17 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "scores.method": ("el2n", "grand", "loss", "uncertainty", "forgetting", "file"),
     "experts.optimizer": ("gsam", "sgd"),
     "experts.save_dtype": ("float32", "float16"),
-    "distill.method": ("tm", "dc", "dm"),
+    "distill.method": ("tm", "dc", "dm", "sre2l"),
     "distill.unroll": ("auto", "recompute", "plain"),
     "distill.image_init": ("correct", "real", "noise"),
     "distill.label_init": ("soft", "hard"),
     "distill.select.mode": ("depth", "layer", "loss", "deep"),
     "distill.prune.mode": ("none", "hard", "easy"),
+    "eval.protocol": ("tm", "sre2l"),
+    "sre2l.bn_stats": ("teacher", "subset"),
+    "sre2l.storage": ("float", "uint8"),
+    "sre2l.eval_optimizer": ("adamw", "sgd"),
+    "sre2l.teacher_mode": ("train", "eval"),
 }
 
 # --------------------------------------------------------------------------------------------------
@@ -506,6 +552,10 @@ def validate(cfg: Config) -> Config:
         raise PadistillError(f"config: 'eval.kd_temperature' must be > 0; got {cfg.eval.kd_temperature}")
     if cfg.eval.lr is not None and not cfg.eval.lr > 0:
         raise PadistillError(f"config: 'eval.lr' must be > 0 or null; got {cfg.eval.lr}")
+    if d.method == "sre2l" or cfg.eval.protocol == "sre2l":
+        from padistill.sre2l.settings import validate_sre2l
+
+        validate_sre2l(cfg)
     return cfg
 
 

@@ -6,7 +6,8 @@ Each stage writes its own manifest; a stage whose folder is complete with the sa
 inputs is reused (nothing recomputed), one that was interrupted resumes, and one whose settings or
 inputs changed is refused unless --overwrite is given (nothing silently stale). Stages a method does
 not need are skipped: no scores when neither the expert scheduler nor DC/DM pruning uses an ordering,
-no experts for DC/DM.
+no experts for DC/DM. SRe2L (`distill.method: sre2l`): scores (FIEX only) -> squeeze -> recover -> eval
+(`eval.protocol: sre2l`) -> report, in <out>/squeeze and <out>/recover instead of experts/ and distill/.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from padistill.config import load_config
 from padistill.context import prepare
 from padistill.errors import PadistillError
 
-STAGES = ("scores", "experts", "distill", "eval", "report")
+STAGES = ("scores", "experts", "distill", "eval", "report", "squeeze", "recover")
 
 
 def needs_scores(cfg) -> bool:
+    if cfg.distill.method == "sre2l":  # FIEX teacher (the experts' scheduler) or BN targets on the kept subset
+        return cfg.experts.schedule.enabled or cfg.sre2l.bn_stats == "subset"
     if cfg.distill.method == "tm":
         return cfg.experts.schedule.enabled
     return cfg.distill.prune.mode != "none" and cfg.distill.prune.ratio > 0
@@ -57,7 +60,17 @@ def run_pipeline(config: str, out: str | None = None, overrides=(), stages=None,
         timed("experts", lambda: run_experts(cfg, prepared, experts_dir, scores_dir=scores_dir, overwrite=overwrite,
                                              log=log, show_progress=show_progress))
     distill_dir = root / "distill"
-    if "distill" in wanted:
+    if cfg.distill.method == "sre2l":  # squeeze -> recover (sre2l/); the recover folder is the set
+        from padistill.sre2l import run_recover, run_squeeze
+
+        distill_dir = root / "recover"
+        if wanted & {"squeeze", "distill"}:
+            timed("squeeze", lambda: run_squeeze(cfg, prepared, root / "squeeze", scores_dir=scores_dir,
+                                                 overwrite=overwrite, log=log, show_progress=show_progress))
+        if wanted & {"recover", "distill"}:
+            timed("recover", lambda: run_recover(cfg, prepared, distill_dir, root / "squeeze", scores_dir=scores_dir,
+                                                 overwrite=overwrite, log=log, show_progress=show_progress))
+    elif "distill" in wanted:
         from padistill.distill import run_distill
 
         timed("distill", lambda: run_distill(cfg, prepared, distill_dir, experts_dir=experts_dir,

@@ -29,7 +29,7 @@ import torch
 from padistill.errors import PadistillError
 from padistill.utils.io import atomic_write_bytes, atomic_write_text
 
-STAGES = ("scores", "experts", "distill", "eval")
+STAGES = ("scores", "experts", "squeeze", "distill", "recover", "eval")
 
 
 def _locate(run_dir: Path) -> tuple[Path, Path | None, Path]:
@@ -40,6 +40,8 @@ def _locate(run_dir: Path) -> tuple[Path, Path | None, Path]:
     if looks_distill:
         return run_dir.parent, run_dir, run_dir.parent / "eval"
     distill = run_dir / "distill"
+    if not distill.is_dir() and (run_dir / "recover").is_dir():  # an SRe2L run: the recovered set
+        distill = run_dir / "recover"
     if not distill.is_dir() and not (run_dir / "eval").is_dir():
         raise PadistillError(f"{run_dir}: neither a run folder (distill/, eval/) nor a distill folder")
     return run_dir, distill if distill.is_dir() else None, run_dir / "eval"
@@ -232,6 +234,12 @@ def _eval_html(results: dict) -> str:
                      for r in table.rows.values() if r.description)
     p = results.get("protocol", {})
     d = results.get("data", {})
+    if p.get("relabel"):  # the SRe2L protocol
+        from padistill.evaluate.sre2l import describe
+
+        return (f"<table>{''.join(rows)}</table><ul>{legend}</ul><p>{html.escape(describe(p))}; top-1 on the full "
+                f"test split ({d.get('test_images', '?')} images of {d.get('name', '?')}), mean ± std over n "
+                "fresh networks.</p>")
     proto = (f"Top-1 accuracy (%) on the full test split ({d.get('test_images', '?')} images of "
              f"{d.get('name', '?')}), mean ± std over n fresh networks; {p.get('epochs', 0) + 1} epochs, "
              f"batch {p.get('batch')}, SGD momentum {p.get('momentum')}, weight decay {p.get('weight_decay')}, "
@@ -244,7 +252,7 @@ def _manifest_html(root: Path, distill: Path | None, eval_dir: Path) -> str:
 
     folders = {s: root / s for s in STAGES}
     if distill is not None:
-        folders["distill"] = distill
+        folders["recover" if distill.name == "recover" else "distill"] = distill
     folders["eval"] = eval_dir
     rows = []
     versions = None
@@ -317,29 +325,35 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     elif not parts[-1].startswith("<p class"):
         parts.append(_missing("No distilled set yet (distill/images.pt): run `padistill distill` first."))
 
-    records = read_metrics(distill / "metrics.jsonl") if distill is not None else []
-    parts.append("<h2>Matching loss</h2>")
-    fig = loss_figure(records)
-    parts.append(_img(fig, "loss.png", out, "matching loss", written) if fig else
-                 _missing("No distillation metrics (distill/metrics.jsonl) yet."))
-    fig = per_layer_figure(records)
-    parts.append("<h3>Per layer</h3>" + (_img(fig, "per_layer.png", out, "per-layer loss", written) if fig else
-                                          _missing("No per-layer losses were recorded.")))
-    if records:
-        n = sum(1 for r in records if "loss" in r)
-        applied = sum(1 for r in records if r.get("status") == "applied")
-        secs = sum(r.get("seconds", 0) for r in records if _finite(r.get("seconds")))
-        parts.append(f"<p>{n} iterations recorded, {applied} updates applied, "
-                     f"{n - applied} not applied (threshold gate or non-finite); "
-                     f"{secs:.0f} s in iterations ({secs / max(1, n):.2f} s each).</p>")
-    parts.append("<h2>Learned learning rate</h2>")
-    fig = series_figure(records, "lr", "student lr")
-    parts.append(_img(fig, "lr.png", out, "learned lr", written) if fig else _missing("No lr was recorded."))
-    fig = series_figure(records, "val_acc", "validation accuracy (%)", percent=True)
-    if fig:
-        parts.append("<h3>Validation accuracy during distillation</h3>"
-                     + _img(fig, "val_acc.png", out, "validation accuracy", written)
-                     + "<p>Measured on a split held out from the training data; the test set is not used.</p>")
+    recovered = distill is not None and distill.name == "recover"
+    if recovered:  # SRe2L: the BN-statistics loss instead of a matching loss (sre2l/report.py)
+        from padistill.sre2l.report import recover_html
+
+        parts.append(recover_html(distill, out, written))
+    records = read_metrics(distill / "metrics.jsonl") if distill is not None and not recovered else []
+    if not recovered:
+        parts.append("<h2>Matching loss</h2>")
+        fig = loss_figure(records)
+        parts.append(_img(fig, "loss.png", out, "matching loss", written) if fig else
+                     _missing("No distillation metrics (distill/metrics.jsonl) yet."))
+        fig = per_layer_figure(records)
+        parts.append("<h3>Per layer</h3>" + (_img(fig, "per_layer.png", out, "per-layer loss", written) if fig else
+                                              _missing("No per-layer losses were recorded.")))
+        if records:
+            n = sum(1 for r in records if "loss" in r)
+            applied = sum(1 for r in records if r.get("status") == "applied")
+            secs = sum(r.get("seconds", 0) for r in records if _finite(r.get("seconds")))
+            parts.append(f"<p>{n} iterations recorded, {applied} updates applied, "
+                         f"{n - applied} not applied (threshold gate or non-finite); "
+                         f"{secs:.0f} s in iterations ({secs / max(1, n):.2f} s each).</p>")
+        parts.append("<h2>Learned learning rate</h2>")
+        fig = series_figure(records, "lr", "student lr")
+        parts.append(_img(fig, "lr.png", out, "learned lr", written) if fig else _missing("No lr was recorded."))
+        fig = series_figure(records, "val_acc", "validation accuracy (%)", percent=True)
+        if fig:
+            parts.append("<h3>Validation accuracy during distillation</h3>"
+                         + _img(fig, "val_acc.png", out, "validation accuracy", written)
+                         + "<p>Measured on a split held out from the training data; the test set is not used.</p>")
 
     parts.append("<h2>Labels</h2>")
     if syn is not None:

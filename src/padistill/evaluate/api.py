@@ -53,7 +53,8 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, lr, prepared, cfg, 
     use_lr = cfg.eval.lr if cfg.eval.lr is not None else lr
     return evaluate(images, labels, use_lr, net=name, num_classes=prepared.num_classes,
                     channels=prepared.channels, im_size=prepared.image_size, x_test=x_eval, y_test=y_eval,
-                    runs=runs or cfg.eval.runs, protocol=Protocol.from_config(cfg.eval, epochs), seed=cfg.seed,
+                    runs=runs or cfg.eval.runs, protocol=Protocol.from_config(cfg.eval, epochs, cfg.sre2l),
+                    seed=cfg.seed,
                     seed_tag=seed_tag, device=prepared.device, net_options=net_options(cfg, name),
                     teacher=teacher, label=label, show_progress=show_progress)
 
@@ -64,7 +65,7 @@ def cross_arch(sets: Sequence[EvalSet], nets: Sequence[str], prepared, cfg, spli
     """Every set on every net; `skip[row][net][run]` = accuracy already measured (resume);
     `on_run(row, net, run, acc)` after each new run."""
     x_eval, y_eval = split_tensors(prepared, split)
-    protocol = Protocol.from_config(cfg.eval, epochs)
+    protocol = Protocol.from_config(cfg.eval, epochs, cfg.sre2l)
     table = EvalTable(list(nets))
     for s in sets:
         table.add_row(s.name, s.description, s.baseline)
@@ -91,7 +92,7 @@ def train_on_real(prepared, cfg, per_class: int | None = None, epochs: int | Non
     if per_class:
         x, y = random_subset(x, y, prepared.num_classes, per_class, cfg.seed)
         what = f"{per_class} random real images per class"
-    protocol = Protocol.from_config(cfg.eval, epochs)
+    protocol = Protocol.from_config(cfg.eval, epochs, cfg.sre2l)
     lr = cfg.eval.lr if cfg.eval.lr is not None else BASELINE_LR
     log(f"train: {cfg.net.name} on {what}, {protocol.epochs + 1} epochs, lr {lr:g}, "
         f"{runs or cfg.eval.runs} run(s)")

@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,6 +82,7 @@ class Protocol:
     kd_temperature: float = 4.0  # used only with a teacher
     microbatch: int | None = 25  # speed only; ignored by nets with batch statistics
     test_batch: int = 32  # speed only
+    relabel: Any = None  # evaluate/sre2l.py `Relabel`: the SRe2L protocol (teacher relabelling) instead
 
     def __post_init__(self):
         if self.epochs < 0 or self.batch < 1 or self.test_batch < 1:
@@ -89,17 +91,28 @@ class Protocol:
             raise PadistillError(f"eval: kd_temperature must be > 0; got {self.kd_temperature}")
 
     @classmethod
-    def from_config(cls, ec, epochs: int | None = None) -> Protocol:
-        """From an `EvalConfig` (`padistill.config`), optionally with another epoch count."""
+    def from_config(cls, ec, epochs: int | None = None, sre2l=None) -> Protocol:
+        """From an `EvalConfig` (`padistill.config`), optionally with another epoch count; `sre2l`: the config's
+        `sre2l` section, used when `ec.protocol` is sre2l."""
+        relabel = None
+        if getattr(ec, "protocol", "tm") == "sre2l":
+            from padistill.evaluate.sre2l import Relabel
+
+            if sre2l is None:
+                raise PadistillError("eval: protocol sre2l needs the config's sre2l section")
+            relabel = Relabel.from_config(sre2l)
         return cls(epochs=ec.epochs if epochs is None else int(epochs), batch=ec.batch, momentum=ec.momentum,
                    weight_decay=ec.weight_decay, augment=ec.augment, soft_labels=ec.soft_labels,
-                   kd_temperature=ec.kd_temperature, microbatch=ec.microbatch or None, test_batch=ec.test_batch)
+                   kd_temperature=ec.kd_temperature, microbatch=ec.microbatch or None, test_batch=ec.test_batch,
+                   relabel=relabel)
 
     def settings(self) -> dict:
         """The settings that determine the numbers (speed-only fields left out)."""
         d = asdict(self)
         d.pop("microbatch")
         d.pop("test_batch")
+        if self.relabel is None:
+            d.pop("relabel")
         return d
 
 
@@ -222,6 +235,11 @@ def train_and_test(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         raise PadistillError("eval: the set to train on is empty")
     if len(labels) != len(images):
         raise PadistillError(f"eval: {len(images)} images but {len(labels)} labels")
+    if protocol.relabel is not None:  # the SRe2L protocol: teacher relabelling on every crop (evaluate/sre2l.py)
+        from padistill.evaluate.sre2l import train_and_test_relabel
+
+        return train_and_test_relabel(model, images, x_test, y_test, protocol, gen=gen, teacher=teacher,
+                                      on_epoch=on_epoch)
     device = images.device
     augment = None
     if protocol.augment:
@@ -298,7 +316,7 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, lr, *, net: str, num_cl
         teacher = Teacher(teacher.to(dev), batch_stats=False)
     accs: dict[int, float] = dict(skip or {})
     todo = [r for r in range(runs) if r not in accs]
-    bar = progress_bar(total=len(todo) * (p.epochs + 1), desc=f"eval {label or 'set'} {net}",
+    bar = progress_bar(total=len(todo) * (p.epochs + (p.relabel is None)), desc=f"eval {label or 'set'} {net}",
                        disable=not show_progress or not todo, unit="ep", leave=False)
     batch_stats = None
     try:

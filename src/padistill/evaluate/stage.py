@@ -30,7 +30,7 @@ from padistill.utils.allocator import tune_cpu_allocator
 from padistill.utils.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 from padistill.utils.manifest import StageDir, read_manifest
 
-SET_STAGES = ("distill", "import")  # folders that hold a distilled set in our format
+SET_STAGES = ("distill", "import", "recover")  # folders that hold a distilled set in our format
 
 
 def find_distill_dir(run_dir: str | Path) -> Path:
@@ -138,8 +138,13 @@ def run_eval(run_dir: str | Path, overrides=(), nets=None, runs: int | None = No
                             f"the set with the best validation accuracy{at} (selected on the held-out "
                             "validation split, never the test set)", baseline="random" if ec.baseline else None))
         hashed += ["best_images.pt", "best_labels.pt", "best_lr.pt"]
-    teacher = load_teacher(ec.kd_teacher, prepared, cfg, folder) if ec.kd_teacher else None
-    if ec.baseline:
+    teacher = load_teacher(ec.kd_teacher, prepared, cfg, folder) if ec.kd_teacher and ec.protocol == "tm" else None
+    if ec.protocol == "sre2l":  # SRe2L relabel protocol: its own rows (evaluate/sre2l.py)
+        from padistill.evaluate.sre2l import relabel_sets
+
+        sets, teacher_info = relabel_sets(folder, syn, prepared, cfg, log=log)
+        hashed = ["images.pt", "labels.pt", "preprocess.pt"]
+    elif ec.baseline:
         xr, yr = random_subset(prepared.x_train, prepared.y_train, prepared.num_classes, syn.ipc, cfg.seed)
         sets.append(EvalSet("random", xr, yr, base_lr,
                             f"{syn.ipc} random real training image(s) per class, hard labels, lr {base_lr:g}"))
@@ -157,11 +162,17 @@ def run_eval(run_dir: str | Path, overrides=(), nets=None, runs: int | None = No
                                 teacher=teacher))
 
     out = Path(out) if out is not None else folder.parent / "eval"
-    protocol = Protocol.from_config(ec)
+    protocol = Protocol.from_config(ec, sre2l=cfg.sre2l)
     settings = {"eval": {k: v for k, v in to_dict(ec).items() if k not in ("microbatch", "test_batch")}}
     inputs = {"data": prepared.fingerprint(), "set": _file_hashes(folder, hashed)}
     if teacher is not None:
         inputs["teacher"] = teacher.name
+    if ec.protocol == "tm":
+        settings["eval"].pop("protocol")  # the keys of existing tm evaluations stay what they were
+    else:
+        settings["relabel"] = protocol.relabel.settings()
+        settings["ipc"] = cfg.distill.ipc
+        inputs["teacher"] = teacher_info["key"]
     stage = StageDir(out, "eval", settings, inputs, cfg.seed, dump_yaml(cfg))
     state = stage.begin(overwrite=overwrite)
     if state == "complete":
@@ -175,7 +186,8 @@ def run_eval(run_dir: str | Path, overrides=(), nets=None, runs: int | None = No
         atomic_write_json(partial_path, partial)
 
     log(f"eval: {folder} ({syn.images.shape[0]} images, {syn.num_classes} classes) on {', '.join(ec.nets)}: "
-        f"{ec.runs} run(s) x {protocol.epochs + 1} epochs, test split {len(prepared.y_test)} images")
+        f"{ec.runs} run(s) x {protocol.epochs + (protocol.relabel is None)} epochs, test split "
+        f"{len(prepared.y_test)} images")
     table = cross_arch(sets, ec.nets, prepared, cfg, split="test", skip=partial, on_run=on_run, log=log,
                        show_progress=show_progress)
     seconds = time.perf_counter() - t0
@@ -198,12 +210,18 @@ def run_eval(run_dir: str | Path, overrides=(), nets=None, runs: int | None = No
 def render_markdown(table, results: dict) -> str:
     p = results["protocol"]
     kd = f", KD temperature {p['kd_temperature']:g}" if results["set"].get("kd_teacher") else ""
+    if p.get("relabel"):  # the SRe2L protocol
+        from padistill.evaluate.sre2l import describe
+
+        proto = describe(p)
+    else:
+        proto = (f"{p['epochs'] + 1} epochs, SGD momentum {p['momentum']:g}, weight decay "
+                 f"{p['weight_decay']:g}, batch {p['batch']}, lr x0.1 (new optimiser) after epoch "
+                 f"{p['epochs'] // 2 + 1}, DSA {'on' if p['augment'] else 'off'}, "
+                 f"{'soft' if p['soft_labels'] else 'hard'}-label cross-entropy{kd}")
     return (f"# Evaluation: {results['set']['folder']}\n\n"
             "Top-1 accuracy (%) on the full test split "
             f"({results['data']['test_images']} images of {results['data']['name']}, "
             f"{results['data']['preprocess']} space), mean ± std over n fresh networks (numpy std, ddof 0).\n\n"
             + table.to_markdown() + "\n" + table.legend() + "\n"
-            f"Protocol: {p['epochs'] + 1} epochs, SGD momentum {p['momentum']:g}, weight decay "
-            f"{p['weight_decay']:g}, batch {p['batch']}, lr x0.1 (new optimiser) after epoch "
-            f"{p['epochs'] // 2 + 1}, DSA {'on' if p['augment'] else 'off'}, "
-            f"{'soft' if p['soft_labels'] else 'hard'}-label cross-entropy{kd}; seed {results['seed']}.\n")
+            f"Protocol: {proto}; seed {results['seed']}.\n")
