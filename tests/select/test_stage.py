@@ -104,14 +104,31 @@ def test_glister_without_validation_split_is_refused(tmp_path, tiny_prepared):
     assert "\n" not in str(e.value)
 
 
-def test_full_selection_is_the_whole_training_split_or_refused(tmp_path, sel_prepared):
+def test_full_selection_is_refused_for_unequal_classes(tmp_path, sel_prepared):
     counts = torch.bincount(sel_prepared.y_train.cpu())
-    if int(counts.min()) != int(counts.max()):
-        with pytest.raises(PadistillError, match="same number per class"):
-            run_select(select_config("select.method=full"), sel_prepared, tmp_path / "full", **QUIET)
-        return
-    out = run_select(select_config("select.method=full"), sel_prepared, tmp_path / "full", **QUIET)
-    assert len(torch.load(out / "indices.pt")) == len(sel_prepared.y_train)
+    assert int(counts.min()) != int(counts.max())  # digits: 169..177 training images per class here
+    with pytest.raises(PadistillError, match="same number per class") as e:
+        run_select(select_config("select.method=full"), sel_prepared, tmp_path / "full", **QUIET)
+    assert "\n" not in str(e.value)
+
+
+def test_full_selection_and_its_bound_under_the_protocol(tmp_path, sel_prepared):
+    import dataclasses
+
+    from padistill.evaluate import run_eval
+
+    y = sel_prepared.y_train.cpu()
+    keep = torch.cat([torch.nonzero(y == c).flatten()[:40] for c in range(sel_prepared.num_classes)]).sort().values
+    balanced = dataclasses.replace(sel_prepared, x_train=sel_prepared.x_train[keep], y_train=sel_prepared.y_train[keep],
+                                   train_index=sel_prepared.train_index[keep])
+    logs = []
+    out = run_select(select_config("select.method=full"), balanced, tmp_path / "full", log=logs.append,
+                     show_progress=False)
+    assert sorted(torch.load(out / "indices.pt").tolist()) == sel_prepared.train_index[keep].tolist()
+    assert any("full-data bound" in m and "3 epochs" in m and "400 images" in m for m in logs)
+    logs.clear()
+    run_eval(out, nets=["convnet-2"], epochs=1, runs=1, prepared=balanced, log=logs.append, show_progress=False)
+    assert any("full-data bound" in m and "2 epochs" in m and "8 SGD steps" in m for m in logs)  # 2 x ceil(400/128)
 
 
 def test_embedding_stage_counts_forgetting_and_is_reused(tmp_path, sel_prepared, embed_dir, monkeypatch):
@@ -194,3 +211,27 @@ def test_cli_select_and_one_line_refusals(tmp_path, capsys):
                  "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
     assert "smallest class" in err and "\n" not in err
+
+
+def test_report_shows_evaluated_baselines_beside_the_run(tmp_path, sel_prepared, embed_dir):
+    from padistill.evaluate import run_eval
+    from padistill.report import build_report
+
+    root = tmp_path / "run"
+    (root / "eval").mkdir(parents=True)  # a run folder (its own evaluation not there yet)
+    for method in ("kcenter", "random"):
+        out = run_select(select_config(f"select.method={method}", "select.ipc=3"), sel_prepared,
+                         root / "baselines" / method, embed_dir=embed_dir, **QUIET)
+        run_eval(out, nets=["convnet-2"], epochs=1, runs=2, prepared=sel_prepared, **QUIET)
+    page = build_report(root).read_text()
+    assert "Baselines (real subsets" in page
+    assert "kcenter (real subset)" in page and "random (real subset)" in page and "(n=2)" in page
+
+
+def test_a_selected_set_exports_like_a_distilled_one(tmp_path, sel_prepared, embed_dir):
+    from padistill.export import export_set
+
+    out = _select(tmp_path, sel_prepared, embed_dir, "hard")
+    export_set(out, tmp_path / "png", fmt="imagefolder", log=lambda *_: None)
+    pngs = sorted((tmp_path / "png").rglob("*.png"))
+    assert len(pngs) == 4 * sel_prepared.num_classes
