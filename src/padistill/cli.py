@@ -140,12 +140,12 @@ def cmd_select(args) -> int:
 
     if args.method:
         args.overrides.append(f"select.method={args.method}")
-    if args.ipc is not None:
-        args.overrides.append(f"select.ipc={args.ipc}")
+    if args.ipc is not None:  # replaces a preset's ratio budget
+        args.overrides += [f"select.ipc={args.ipc}", "select.ratio=null"]
     if args.ratio is not None:
         if not 0.0 < args.ratio <= 1.0:
             raise PadistillError(f"--ratio must be in (0, 1] (a fraction of each class); got {args.ratio:g}")
-        args.overrides.append(f"select.ratio={args.ratio!r}")
+        args.overrides += [f"select.ratio={args.ratio!r}", "select.ipc=null"]
     if args.score:
         args.overrides.append(f"select.score={args.score}")
     cfg = _resolve(args)

@@ -539,6 +539,9 @@ def validate(cfg: Config) -> Config:
 def _validate_select(sc: SelectConfig) -> None:
     if sc.ipc is not None and sc.ipc < 1:
         raise PadistillError(f"config: 'select.ipc' must be >= 1 or null; got {sc.ipc}")
+    if sc.ipc is not None and sc.ratio is not None:
+        raise PadistillError(f"config: give 'select.ipc' ({sc.ipc}) or 'select.ratio' ({sc.ratio}), not both "
+                             "(set the other to null)")
     if sc.ratio is not None and not 0.0 < sc.ratio <= 1.0:
         raise PadistillError(f"config: 'select.ratio' must be in (0, 1] (a fraction of each class); got {sc.ratio}")
     for k, v in {"select.epochs": sc.epochs, "select.batch": sc.batch}.items():

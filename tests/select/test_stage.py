@@ -95,6 +95,22 @@ def test_ratio_outside_0_1_is_refused(ratio):
         select_config(f"select.ratio={ratio}")
 
 
+def test_ipc_and_ratio_together_are_refused_and_the_cli_replaces_a_presets_ratio(monkeypatch):
+    import padistill.context as ctx
+    import padistill.select as sel
+    from padistill.cli import build_parser, main
+
+    with pytest.raises(PadistillError, match="not both"):
+        select_config("select.ipc=3", "select.ratio=0.1")
+    assert main(["config", "--preset", "coreset/cifar10-r20", "--set", "select.ipc=3"]) == 2
+    seen = {}
+    monkeypatch.setattr(sel, "run_select", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(ctx, "prepare", lambda cfg, log=None: None)
+    args = build_parser().parse_args(["select", "--preset", "coreset/cifar10-r20", "--ipc", "7", "--out", "x"])
+    assert args.fn(args) == 0
+    assert seen["cfg"].select.ipc == 7 and seen["cfg"].select.ratio is None
+
+
 def test_glister_without_validation_split_is_refused(tmp_path, tiny_prepared):
     from helpers import tiny_config
 
