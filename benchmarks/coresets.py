@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
-    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, help="in this order")
     ap.add_argument("--phase", choices=["both", "select", "eval"], default="both")
     args = ap.parse_args(argv)
 
@@ -47,13 +47,12 @@ def main(argv=None) -> int:
         cfgs = {m: load_config(preset=preset, overrides=[*base, f"select.method={m}"]) for m in args.methods}
         if prepared is None:
             prepared = prepare(cfgs[args.methods[0]])
-        for m, cfg in cfgs.items():
+        for m, cfg in cfgs.items():  # method by method (select, then eval), in the order given
             if args.phase in ("both", "select"):
                 t = time.perf_counter()
                 run_select(cfg, dataclasses.replace(prepared, config=cfg), out / f"ipc{ipc}" / m,
                            embed_dir=out / "ipc10" / "embed", scores_dir=out / "ipc10" / "scores", show_progress=False)
                 print(f"[{time.strftime('%H:%M:%S')}] select ipc{ipc} {m}: {time.perf_counter() - t:.1f}s", flush=True)
-        for m, cfg in cfgs.items():
             if args.phase in ("both", "eval"):
                 t = time.perf_counter()
                 run_eval(out / f"ipc{ipc}" / m, prepared=dataclasses.replace(prepared, config=cfg), show_progress=False)

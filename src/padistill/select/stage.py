@@ -160,7 +160,7 @@ def run_select(cfg: Config, prepared, out_dir: str | Path, embed_dir: str | Path
                              "(it never uses the test set)")
     k = budget(cfg, prepared)
     inputs = {"data": prepared.fingerprint()}
-    embed = scores = None
+    embed = scores = embed_manifest = None
     t_inputs = 0.0
     if needs_embedding(cfg):
         from padistill.select.embed import load_embed, run_embed
@@ -171,7 +171,8 @@ def run_select(cfg: Config, prepared, out_dir: str | Path, embed_dir: str | Path
         if not given:  # a finished folder given by the user is used as it is (its manifest says how it was made)
             run_embed(cfg, prepared, embed_dir, log=log, show_progress=show_progress)
         t_inputs = time.perf_counter() - t
-        inputs["embed"] = require_complete(embed_dir, "select-embed")["key"]
+        embed_manifest = require_complete(embed_dir, "select-embed")
+        inputs["embed"] = embed_manifest["key"]
         embed = load_embed(embed_dir, prepared, need_val=s.method == "glister")  # same data, or refused
     elif s.method in SCORE_METHODS:
         from padistill.scores import run_scores
@@ -213,6 +214,9 @@ def run_select(cfg: Config, prepared, out_dir: str | Path, embed_dir: str | Path
         features = s.features
     extra = {"method": s.method, "ipc": k, "num_images": int(len(picks)), "selection_seconds": round(seconds, 2),
              "input_seconds": round(t_inputs, 1), "features": features}
+    if embed_manifest is not None:  # which selection net (and training) the features / counts came from
+        extra["selection_net"] = {k: embed_manifest["settings"].get(k) for k in ("net", "epochs", "lr")}
+        extra["selection_net"]["test_acc"] = embed_manifest.get("test_acc")
     if s.method == "full":
         extra["full_data"] = full_data_note(cfg, len(picks))
         log("select: " + extra["full_data"])
