@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, help="in this order")
     ap.add_argument("--phase", choices=["both", "select", "eval"], default="both")
+    ap.add_argument("--select-first", action="store_true", help="all selections of an IPC before its evaluations")
     args = ap.parse_args(argv)
 
     from padistill.config import load_config
@@ -47,13 +48,16 @@ def main(argv=None) -> int:
         cfgs = {m: load_config(preset=preset, overrides=[*base, f"select.method={m}"]) for m in args.methods}
         if prepared is None:
             prepared = prepare(cfgs[args.methods[0]])
-        for m, cfg in cfgs.items():  # method by method (select, then eval), in the order given
-            if args.phase in ("both", "select"):
+        order = [(m, "select") for m in cfgs] + [(m, "eval") for m in cfgs] if args.select_first else \
+            [(m, step) for m in cfgs for step in ("select", "eval")]  # method by method, in the order given
+        for m, step in order:
+            cfg = cfgs[m]
+            if step == "select" and args.phase in ("both", "select"):
                 t = time.perf_counter()
                 run_select(cfg, dataclasses.replace(prepared, config=cfg), out / f"ipc{ipc}" / m,
                            embed_dir=out / "ipc10" / "embed", scores_dir=out / "ipc10" / "scores", show_progress=False)
                 print(f"[{time.strftime('%H:%M:%S')}] select ipc{ipc} {m}: {time.perf_counter() - t:.1f}s", flush=True)
-            if args.phase in ("both", "eval"):
+            if step == "eval" and args.phase in ("both", "eval"):
                 t = time.perf_counter()
                 run_eval(out / f"ipc{ipc}" / m, prepared=dataclasses.replace(prepared, config=cfg), show_progress=False)
                 print(f"[{time.strftime('%H:%M:%S')}] eval ipc{ipc} {m}: {time.perf_counter() - t:.1f}s", flush=True)

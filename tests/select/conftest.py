@@ -6,14 +6,7 @@ import os
 
 import pytest
 
-SELECT_OVERRIDES = ["data.val_per_class=5", "select.epochs=2", "select.batch=64", "scores.models=1",
-                    "scores.epochs=1", "eval.baseline=false"]
-
-
-def select_config(*extra: str):
-    from helpers import tiny_config
-
-    return tiny_config(*SELECT_OVERRIDES, *extra)
+from selkit import select_config
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from conftest import select_config
 from padistill.artifacts import load_distilled
 from padistill.errors import PadistillError
 from padistill.select import run_select
 from padistill.select.stage import budget
 from padistill.utils.manifest import read_manifest
+from selkit import select_config
 
 QUIET = dict(log=lambda *_: None, show_progress=False)
 METHODS = ["random", "herding", "kcenter", "forgetting", "glister", "easy", "hard", "middle"]
