@@ -12,6 +12,7 @@
     padistill run      CONFIG --out DIR                                     all of the above, resumable
     padistill train    --preset P                                           train + test one net on real data
     padistill sweep    SPEC.yaml | --preset NAME [--jobs N] [--reuse DIR]   ablation: cells, shared stages, table
+    padistill select   --preset P --method M --out DIR                      coreset baseline as a set folder
 
 Every error a user can cause prints one line (`padistill: error: ...`) and exits with status 2.
 Under `torchrun` the process group is initialised here (gloo on CPU, nccl on CUDA).
@@ -164,6 +165,23 @@ def cmd_recover(args) -> int:
     cfg = _resolve(args)
     run_recover(cfg, prepare(cfg, log=_log), args.out, args.squeeze, scores_dir=args.scores,
                 overwrite=args.overwrite, log=_log, show_progress=not args.quiet)
+def cmd_select(args) -> int:
+    from padistill.context import prepare
+    from padistill.select import run_select
+
+    if args.method:
+        args.overrides.append(f"select.method={args.method}")
+    if args.ipc is not None:  # replaces a preset's ratio budget
+        args.overrides += [f"select.ipc={args.ipc}", "select.ratio=null"]
+    if args.ratio is not None:
+        if not 0.0 < args.ratio <= 1.0:
+            raise PadistillError(f"--ratio must be in (0, 1] (a fraction of each class); got {args.ratio:g}")
+        args.overrides += [f"select.ratio={args.ratio!r}", "select.ipc=null"]
+    if args.score:
+        args.overrides.append(f"select.score={args.score}")
+    cfg = _resolve(args)
+    run_select(cfg, prepare(cfg, log=_log), args.out, embed_dir=args.embed, scores_dir=args.scores,
+               overwrite=args.overwrite, log=_log, show_progress=not args.quiet)
     return 0
 
 
@@ -323,6 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs E (default: eval.epochs); as in the reference protocol, epochs 0..E are run")
     p.set_defaults(fn=cmd_train, default_preset="quickstart")
+
+    p = sub.add_parser("select", help="coreset baseline (random, herding, kcenter, forgetting, glister, easy, hard, "
+                                      "middle, full) written as a set folder")
+    _add_config_args(p)
+    p.add_argument("--method", help="= --set select.method=M")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--ipc", type=int, help="images per class (= --set select.ipc=K; default distill.ipc)")
+    budget.add_argument("--ratio", type=float, help="fraction of each class in (0, 1] (= --set select.ratio=F)")
+    p.add_argument("--score", help="easy / hard / middle: el2n, grand, uncertainty or loss (= --set select.score=S)")
+    p.add_argument("--out", required=True, help="the set folder to write")
+    p.add_argument("--embed", help="selection-net folder (default: OUT/../embed; trained there when missing)")
+    p.add_argument("--scores", help="scores folder for easy/hard/middle (default: OUT/../scores; computed if missing)")
+    p.add_argument("--overwrite", action="store_true", help="replace a folder that holds a different run")
+    p.set_defaults(fn=cmd_select)
 
     p = sub.add_parser("eval", help="evaluate a distilled set with the paper's protocol")
     p.add_argument("run_dir", help="distill folder, or a run folder containing distill/")

@@ -225,6 +225,29 @@ class Sre2lConfig:
 
 
 @dataclass
+class SelectConfig:
+    """Coreset baselines (`padistill select`, docs/methods/coresets.md): real training images kept per class."""
+
+    # random | herding | kcenter | forgetting | glister | easy | hard | middle | full (the whole training split)
+    method: str = "random"
+    ipc: int | None = None  # images per class; None = distill.ipc (unless ratio is set)
+    ratio: float | None = None  # fraction in (0, 1] of each class (its size before the validation hold-out)
+    score: str = "el2n"  # easy / hard / middle: el2n | grand | uncertainty | loss from the scores stage
+    features: str = "embedding"  # herding / kcenter: embedding (the selection net's) | pixels (no training)
+    deepcore_compat: bool = False  # herding picks the farthest (argmax), glister without its update (DeepCore)
+    never_learned: str = "zero"  # forgetting score of never-learned samples: zero (DeepCore) | inf (Toneva)
+    # the selection net (herding, kcenter, forgetting, glister), trained from scratch without augmentation
+    net: str | None = None  # None = the config's net (with its options)
+    net_options: dict = field(default_factory=dict)  # options of select.net when it is set
+    epochs: int = 40
+    lr: float = 0.1  # constant; also glister's step size eta
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    batch: int = 256
+
+
+@dataclass
 class Config:
     name: str = "run"  # run name (used for the output folder)
     seed: int = 0  # one seed for everything; derived generators per stage
@@ -236,6 +259,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sre2l: Sre2lConfig = field(default_factory=Sre2lConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -254,6 +278,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "sre2l.storage": ("float", "uint8"),
     "sre2l.eval_optimizer": ("adamw", "sgd"),
     "sre2l.teacher_mode": ("train", "eval"),
+    "select.method": ("random", "herding", "kcenter", "forgetting", "glister", "easy", "hard", "middle", "full"),
+    "select.score": ("el2n", "grand", "uncertainty", "loss"),
+    "select.features": ("embedding", "pixels"),
+    "select.never_learned": ("zero", "inf"),
 }
 
 # --------------------------------------------------------------------------------------------------
@@ -556,7 +584,27 @@ def validate(cfg: Config) -> Config:
         from padistill.sre2l.settings import validate_sre2l
 
         validate_sre2l(cfg)
+    _validate_select(cfg.select)
     return cfg
+
+
+def _validate_select(sc: SelectConfig) -> None:
+    if sc.ipc is not None and sc.ipc < 1:
+        raise PadistillError(f"config: 'select.ipc' must be >= 1 or null; got {sc.ipc}")
+    if sc.ipc is not None and sc.ratio is not None:
+        raise PadistillError(f"config: give 'select.ipc' ({sc.ipc}) or 'select.ratio' ({sc.ratio}), not both "
+                             "(set the other to null)")
+    if sc.ratio is not None and not 0.0 < sc.ratio <= 1.0:
+        raise PadistillError(f"config: 'select.ratio' must be in (0, 1] (a fraction of each class); got {sc.ratio}")
+    for k, v in {"select.epochs": sc.epochs, "select.batch": sc.batch}.items():
+        if v < 1:
+            raise PadistillError(f"config: '{k}' must be >= 1; got {v}")
+    if not sc.lr > 0:
+        raise PadistillError(f"config: 'select.lr' must be > 0; got {sc.lr}")
+    if not 0.0 <= sc.momentum < 1.0:
+        raise PadistillError(f"config: 'select.momentum' must be in [0, 1); got {sc.momentum}")
+    if sc.weight_decay < 0:
+        raise PadistillError(f"config: 'select.weight_decay' must be >= 0; got {sc.weight_decay}")
 
 
 def load_config(preset: str | None = None, path: str | Path | None = None,

@@ -380,6 +380,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             parts.append(_missing(f"{res_path} cannot be read ({e})."))
     else:
         parts.append(_missing(f"No evaluation yet: run `padistill eval {root}`."))
+    from padistill.select.report import baselines_html
+
+    parts.append(baselines_html(root))  # coreset baselines under <run>/baselines/ (padistill select)
 
     parts.append("<h2>Settings</h2>")
     parts.append(_manifest_html(root, distill, eval_dir))

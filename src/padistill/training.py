@@ -55,13 +55,14 @@ def accumulate_gradients(model: nn.Module, x: torch.Tensor, targets: torch.Tenso
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, targets: torch.Tensor,
                 batch: int, generator: torch.Generator, augment=None, microbatch: int | None = 64,
                 indices: torch.Tensor | None = None, loss_fn: Callable = label_loss,
-                relabel: Callable | None = None) -> dict[str, float]:
+                relabel: Callable | None = None, on_batch: Callable | None = None) -> dict[str, float]:
     """One epoch over `indices` (default: all rows) in a seeded random order.
 
     DSA (if given) draws from the same generator once per batch. Optimisers that need to re-evaluate
     the same batch (GSAM) receive a closure; plain optimisers just step. `relabel(xb, tb)`, if given,
     replaces the targets of each batch after augmentation (knowledge distillation: the teacher's logits
-    on the same augmented images the student sees).
+    on the same augmented images the student sees). `on_batch(bidx)`, if given, is called after each step with
+    the batch's row indices (the coreset stage counts forgetting events per minibatch this way).
     """
     model.train()
     idx = indices if indices is not None else torch.arange(len(x))
@@ -86,6 +87,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
         else:
             loss, correct = closure()
             optimizer.step()
+        if on_batch is not None:
+            on_batch(bidx)
         total_loss += loss
         total_correct += correct
     n = max(1, len(order))

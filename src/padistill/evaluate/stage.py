@@ -30,7 +30,7 @@ from padistill.utils.allocator import tune_cpu_allocator
 from padistill.utils.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 from padistill.utils.manifest import StageDir, read_manifest
 
-SET_STAGES = ("distill", "import", "recover")  # folders that hold a distilled set in our format
+SET_STAGES = ("distill", "import", "recover", "select")  # folders that hold a set in our format (select: a coreset)
 
 
 def find_distill_dir(run_dir: str | Path) -> Path:
@@ -74,7 +74,7 @@ def check_set_folder(folder: Path) -> dict:
         raise PadistillError(f"{folder}: no manifest.json; expected the output of `padistill distill` or "
                              "`padistill import`")
     if m["stage"] not in SET_STAGES:
-        raise PadistillError(f"{folder}: is a '{m['stage']}' folder, expected a distill or import folder")
+        raise PadistillError(f"{folder}: is a '{m['stage']}' folder, expected a distill, import or select folder")
     if m.get("status") != "complete":
         raise PadistillError(f"{folder}: the {m['stage']} stage did not finish; re-run it to resume")
     return m
@@ -128,6 +128,14 @@ def run_eval(run_dir: str | Path, overrides=(), nets=None, runs: int | None = No
     sets = [EvalSet("distilled", syn.images.to(dev), syn.labels.to(dev), syn_lr,
                     f"the distilled set ({syn.ipc} per class, {label_kind} labels, lr {syn_lr:.4g})",
                     baseline="random" if ec.baseline else None)]
+    if manifest["stage"] == "select":  # a coreset baseline (padistill select): named by its method
+        sets[0].name = f"{manifest.get('method')} (real subset)"
+        sets[0].description = (f"{syn.ipc} real training image(s) per class chosen by `padistill select --method "
+                               f"{manifest.get('method')}`, hard labels, lr {syn_lr:.4g}")
+        if manifest.get("method") == "full":
+            from padistill.select.stage import full_data_note
+
+            log("eval: " + full_data_note(cfg, syn.images.shape[0]))
     hashed = ["images.pt", "labels.pt", "lr.pt", "preprocess.pt"]
     if (folder / "best_images.pt").is_file():
         best = load_distilled(folder, num_classes=prepared.num_classes, prefix="best_")
@@ -161,7 +169,9 @@ def run_eval(run_dir: str | Path, overrides=(), nets=None, runs: int | None = No
             sets.append(EvalSet("random + KD", xr, yr, base_lr, "the random images, same KD training",
                                 teacher=teacher))
 
-    out = Path(out) if out is not None else folder.parent / "eval"
+    if out is None:  # a select folder is its own run: siblings (other methods) must not share one eval/
+        out = folder / "eval" if manifest["stage"] == "select" else folder.parent / "eval"
+    out = Path(out)
     protocol = Protocol.from_config(ec, sre2l=cfg.sre2l)
     settings = {"eval": {k: v for k, v in to_dict(ec).items() if k not in ("microbatch", "test_batch")}}
     inputs = {"data": prepared.fingerprint(), "set": _file_hashes(folder, hashed)}
