@@ -85,3 +85,88 @@ def test_feature_matchers_produce_image_gradients(tiny_prepared, method):
     assert info["loss"] > 0
     if method == "dm":
         assert matcher.layer_names and "block1" not in matcher.layer_names  # 30% masks all of block 1
+
+
+@pytest.mark.parametrize("shape", [(10, 32), (100, 32), (200, 64)], ids=["cifar10", "cifar100", "tiny"])
+def test_dm_alphas_give_four_different_image_gradients_on_convnet_d3(shape):
+    """Table 7b's ratios are four different objectives; alpha 0 is plain DM's embedding distance, bit for bit."""
+    from padistill.filters.params import dm_feature_selection
+    from padistill.match.feature import distribution_distance
+
+    classes, size = shape
+    net = build("convnet", num_classes=classes, channels=3, im_size=(size, size), seed=0)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(4, 3, size, size, generator=g)
+    syn0 = torch.randn(2, 3, size, size, generator=g)
+    grads = []
+    for alpha in (0.0, 0.25, 0.5, 0.75):
+        syn = syn0.clone().requires_grad_(True)
+        loss = distribution_distance(net, real, syn, dm_feature_selection(net, "depth", alpha))
+        (gi,) = torch.autograd.grad(loss, syn)
+        assert torch.isfinite(gi).all() and gi.abs().sum() > 0
+        grads.append(gi)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not torch.equal(grads[i], grads[j]), (i, j)
+    # plain DM as the published code computes it
+    syn = syn0.clone().requires_grad_(True)
+    with torch.no_grad():
+        er = net.embed(real).mean(0)
+    (plain,) = torch.autograd.grad(((er - net.embed(syn).mean(0)) ** 2).sum(), syn)
+    assert torch.equal(grads[0], plain)
+
+
+def test_dm_matcher_alphas_differ_end_to_end(tiny_prepared):
+    """The matcher on a 3-block ConvNet: alpha 0.5 and 0.75 are not plain DM (before issue 15 they were)."""
+    import dataclasses
+
+    from padistill.distill.init import init_images, init_labels
+    from padistill.distill.synset import SyntheticSet
+
+    grads = {}
+    for alpha in (0.0, 0.25, 0.5, 0.75):
+        cfg = tiny_config("distill.method=dm", "net.name=convnet", "net.options={width: 16}",
+                          "distill.batch_real=16", f"distill.select.ratio={alpha}", "distill.image_init=real",
+                          "distill.label_init=hard", "distill.learn_labels=false", "distill.learn_lr=false")
+        prepared = dataclasses.replace(tiny_prepared, config=cfg)
+        from padistill.context import build_net
+
+        cut = param_cut(param_layout(build_net(prepared, seed=0)).total, alpha)
+        matcher = build_feature_matcher(cfg, prepared, None, cut, log=lambda *_: None)
+        images, _ = init_images(prepared, 2, "real", 0, log=lambda *_: None)
+        syn = SyntheticSet(images, init_labels(prepared, images, 2, "hard"), 0.01, 10, cfg.distill)
+        seen = []
+        matcher.step(0, syn, lambda g, seen=seen: seen.append(g["images"]) or "applied")
+        grads[alpha] = seen[0]
+    values = list(grads.values())
+    assert all(not torch.equal(values[i], values[j]) for i in range(4) for j in range(i + 1, 4))
+
+
+def test_dc_inner_network_uses_plain_sgd_at_net_lr_by_default(tiny_prepared, monkeypatch):
+    """The official DC code trains the inner network with SGD(lr_net), no momentum; momentum is an option."""
+    from padistill.distill.init import init_images, init_labels
+    from padistill.distill.synset import SyntheticSet
+
+    made = []
+    real_sgd = torch.optim.SGD
+
+    class RecordingSGD(real_sgd):
+        def __init__(self, params, lr, momentum=0.0, **kw):
+            made.append((lr, momentum))
+            super().__init__(params, lr=lr, momentum=momentum, **kw)
+
+    monkeypatch.setattr(torch.optim, "SGD", RecordingSGD)
+    for extra, expected in (((), (0.02, 0.0)), (("distill.net_momentum=0.5",), (0.02, 0.5))):
+        made.clear()
+        cfg = tiny_config("distill.method=dc", "distill.outer_loop=2", "distill.inner_loop=1", "distill.net_lr=0.02",
+                          "distill.batch_real=8", "distill.image_init=real", "distill.label_init=hard",
+                          "distill.learn_labels=false", "distill.learn_lr=false", *extra)
+        cut = param_cut(param_layout(build("convnet-2", num_classes=10, channels=1, im_size=(8, 8), width=8)).total, 0)
+        matcher = build_feature_matcher(cfg, tiny_prepared, None, cut, log=lambda *_: None)
+        images, _ = init_images(tiny_prepared, 2, "real", 0, log=lambda *_: None)
+        syn = SyntheticSet(images, init_labels(tiny_prepared, images, 2, "hard"), 0.01, 10, cfg.distill)
+        made.clear()  # the synthetic set's own optimisers
+        matcher.step(0, syn, lambda g: "applied")
+        assert made == [expected]

@@ -233,8 +233,8 @@ def _resume(path: Path, cfg: Config, prepared):
 
     d, C = cfg.distill, prepared.num_classes
     dev = prepared.device
-    # an empty set shaped like the one `_initial_set` makes (soft labels only for TM with label_init=soft)
-    labels = (torch.zeros(C * d.ipc, C, device=dev) if d.method == "tm" and d.label_init == "soft"
+    # an empty set shaped like the one `_initial_set` makes (learned logits only for TM with soft / expert labels)
+    labels = (torch.zeros(C * d.ipc, C, device=dev) if d.method == "tm" and d.label_init != "hard"
               else torch.arange(C, device=dev).repeat_interleave(d.ipc))
     syn = SyntheticSet(torch.zeros(C * d.ipc, *prepared.x_train.shape[1:], dtype=prepared.x_train.dtype, device=dev),
                        labels, d.syn_lr, C, d)

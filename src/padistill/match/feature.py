@@ -15,9 +15,10 @@ divergence and torchrun averaging exactly as for trajectory matching.
   whose weights are not trained.
 - FIEM: the same `ParamCut` as trajectory matching. DC drops the masked (shallow) part of every
   gradient from the distance — a cut inside a tensor drops whole output units plus the masked columns
-  of one unit — so masked parameters contribute nothing and get no gradient. DM with alpha > 0 matches
-  the mean output of every block whose parameters are not all masked (logits excluded); alpha = 0 is
-  standard DM (the final embedding only).
+  of one unit — so masked parameters contribute nothing and get no gradient. DM: alpha = 0 is standard
+  DM (the final embedding only); alpha > 0 is PAD's variant, where the network returns every layer's output
+  (logits included) and the cut masks the shallow ones channel by channel (`filters.params.kept_channels`):
+  the distance sums over the kept channels of every layer output. Larger alpha keeps a strict subset.
 - FIEX: `distill.prune` removes the hardest (small IPC) or easiest (large IPC) share of every class by
   the difficulty ordering of a scores folder (`filters.prune_ordering`); pruned samples are never drawn.
 """
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from padistill.errors import PadistillError
-from padistill.filters.params import ParamCut, kept_layers
+from padistill.filters.params import FeatureSlice, ParamCut, dm_feature_selection
 from padistill.filters.schedule import prune_ordering
 from padistill.utils.rng import generator
 
@@ -56,6 +57,35 @@ def dc_distance(g_syn: list[torch.Tensor], g_real: list[torch.Tensor], offsets: 
         cos = (gs2 * gr2).sum(1) / (gs2.norm(dim=1) * gr2.norm(dim=1) + 1e-6)
         total = total + (1 - cos).sum()
     return total
+
+
+def dm_features(net, x: torch.Tensor, selection: list[FeatureSlice] | None) -> list[torch.Tensor]:
+    """What DM compares: [embedding] for plain DM (selection None), else the kept channels of each layer output
+    (`filters.params.dm_feature_selection`), each flattened [B, -1]."""
+    if selection is None:
+        return [net.embed(x)]
+    outs = net.features_by_layer(x)
+    feats = []
+    for s in selection:
+        f = outs[s.stage]
+        if s.first:
+            per, rest = divmod(f.shape[1], s.channels)
+            if rest:
+                raise PadistillError(f"dm: output of layer {s.name} has {f.shape[1]} values, not a multiple of "
+                                     f"its {s.channels} channels; FIEM cannot select channels there "
+                                     "(use distill.select.mode=layer)")
+            f = f[:, s.first * per:]
+        feats.append(f)
+    return feats
+
+
+def distribution_distance(net, real: torch.Tensor, syn: torch.Tensor,
+                          selection: list[FeatureSlice] | None) -> torch.Tensor:
+    """sum over the compared features of ||mean f(real) - mean f(syn)||^2 (differentiable w.r.t. `syn`)."""
+    with torch.no_grad():
+        fr = [f.mean(0) for f in dm_features(net, real, selection)]
+    fs = [f.mean(0) for f in dm_features(net, syn, selection)]
+    return sum(((a - b) ** 2).sum() for a, b in zip(fr, fs))
 
 
 class _ClassPools:
@@ -110,7 +140,7 @@ class GradientMatcher(_FeatureMatcher):
         net = self._net(it, "dc-net")
         params = list(net.parameters())
         offsets = param_layout(net).offsets
-        net_opt = torch.optim.SGD(net.parameters(), lr=d.net_lr, momentum=0.5)
+        net_opt = torch.optim.SGD(net.parameters(), lr=d.net_lr, momentum=d.net_momentum)
         C, ipc = syn.num_classes, syn.ipc
         losses, status = [], "skipped"
         for ol in range(d.outer_loop):
@@ -145,20 +175,12 @@ class DistributionMatcher(_FeatureMatcher):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         from padistill.context import build_net
-        from padistill.nets import param_layout
 
         probe = build_net(self.prepared, seed=0)
-        stages = param_layout(probe).stage_ranges(probe)
-        # stage i <-> features_by_layer(x)[i]; the last stage is the classifier (logits): never matched
-        self.layers = [i for i in kept_layers(self.cut, [(a, b) for _, a, b in stages]) if i < len(stages) - 1]
-        self.embed_only = self.cut.start == 0
-        self.layer_names = [stages[i][0] for i in self.layers]
-
-    def _features(self, net, x):
-        if self.embed_only:
-            return [net.embed(x)]
-        outs = net.features_by_layer(x)
-        return [outs[i] for i in self.layers]
+        # None: plain DM (embedding); else the kept channels of each layer output (features_by_layer order)
+        self.selection = dm_feature_selection(probe, self.cut.mode, self.cut.ratio)
+        self.layer_names = (["embedding"] if self.selection is None else
+                            [f"{s.name}[{s.first}:{s.channels}]" for s in self.selection])
 
     def step(self, it: int, syn, update) -> dict:
         g = generator(self.cfg.seed, "dm-iteration", it, self.rank)
@@ -170,10 +192,7 @@ class DistributionMatcher(_FeatureMatcher):
         total = 0.0
         for c in range(C):
             syn_c, xr, xs = self._class_batches(c, syn, g)
-            with torch.no_grad():
-                fr = [f.mean(0) for f in self._features(net, xr)]
-            fs = [f.mean(0) for f in self._features(net, xs)]
-            loss = sum(((a - b) ** 2).sum() for a, b in zip(fr, fs))
+            loss = distribution_distance(net, xr, xs, self.selection)
             (gi,) = torch.autograd.grad(loss, syn_c)
             grads[c * ipc:(c + 1) * ipc] = gi
             total += float(loss.detach())
