@@ -17,7 +17,6 @@ from padistill.evaluate.protocol import (
     Teacher,
     decay_epoch,
     evaluate,
-    kd_loss,
     lr_schedule,
     optimizer_starts,
     train_and_test,
@@ -25,6 +24,7 @@ from padistill.evaluate.protocol import (
 from padistill.evaluate.sets import EvalSet, check_space, load_teacher, random_subset
 from padistill.evaluate.stage import find_distill_dir, read_set_config, run_eval
 from padistill.evaluate.table import EvalTable
+from padistill.losses import kd_loss
 
 __all__ = [
     "EvalResult", "EvalSet", "EvalTable", "Protocol", "Teacher", "check_space", "cross_arch", "decay_epoch",
