@@ -57,8 +57,10 @@ def distill_settings(cfg: Config) -> dict:
     return {"data": to_dict(cfg.data), "net": to_dict(cfg.net), "distill": d}
 
 
-def _build_matcher(cfg: Config, prepared, experts_dir, scores_dir, syn_size: int, rank: int, world: int, log):
-    """Student network + FIEM cut + matcher for the configured method."""
+def build_step(cfg: Config, prepared, experts_dir=None, scores_dir=None, syn_size: int = 0, rank: int = 0,
+               world: int = 1, log=print):
+    """The configured method's step `(it, syn, update) -> info`, with the student network, its layout and (TM) the
+    expert store. The loop decides the filters here: the FIEM cut for every method, FIEX pruning for DC/DM."""
     from padistill.context import build_net, make_augment
     from padistill.filters.params import param_cut
     from padistill.nets import param_layout
@@ -90,14 +92,55 @@ def _build_matcher(cfg: Config, prepared, experts_dir, scores_dir, syn_size: int
         student = Student(model, layout, augment, microbatch=d.microbatch or None)
         matcher = TrajectoryMatcher(d, store, student, cut, cfg.seed, syn_size, prepared.image_size,
                                     layer_ranges=ranges, rank=rank, world=world, log=log)
-        return matcher, model, layout, store
+        return matcher.step, model, layout, store
     if d.method in ("dc", "dm"):
-        from padistill.match.feature import build_feature_matcher
-
-        matcher = build_feature_matcher(cfg, prepared, augment, cut, scores_dir=scores_dir, rank=rank, world=world,
-                                        log=log)
-        return matcher, model, layout, None
+        return _feature_step(cfg, prepared, model, layout, augment, cut, scores_dir, rank, log), model, layout, None
     raise PadistillError(f"distill.method: unknown method {d.method!r}")
+
+
+def _class_pools(cfg: Config, prepared, scores_dir, log):
+    """FIEX for DC/DM: per class, the training indices that may be drawn (the hardest / easiest share removed by the
+    scores folder's difficulty ordering when `distill.prune` is on)."""
+    from padistill.match.pools import ClassPools
+
+    d = cfg.distill
+    if d.prune.mode == "none" or d.prune.ratio == 0:
+        return ClassPools(prepared.x_train, list(prepared.class_indices()))
+    from padistill.filters.schedule import prune_ordering
+    from padistill.scores.ordering import load_scores_ordering
+
+    if scores_dir is None:
+        raise PadistillError(f"{d.method}: distill.prune needs an ordering; pass --scores <scores folder>")
+    # validated: a finished scores folder of these training data, every row = exactly its class's indices
+    full = load_scores_ordering(scores_dir, prepared)
+    ordering = prune_ordering(full, d.prune.mode, d.prune.ratio)
+    which = {"hard": "hardest", "easy": "easiest"}[d.prune.mode]
+    log(f"{d.method}: FIEX removes the {d.prune.ratio:.0%} {which} samples of every class "
+        f"({full.shape[1]} -> {ordering.shape[1]} per class)")
+    return ClassPools(prepared.x_train, list(ordering))
+
+
+def _feature_step(cfg: Config, prepared, model, layout, augment, cut, scores_dir, rank: int, log):
+    """DC / DM: the step function bound to the pools (FIEX), the cut or feature selection (FIEM) and a net factory."""
+    from functools import partial
+
+    from padistill.context import build_net
+
+    d = cfg.distill
+    pools = _class_pools(cfg, prepared, scores_dir, log)
+    if cut.start > 0:
+        log(f"{d.method}: FIEM masks the first {cut.start} of {cut.total} parameters ({cut.ratio:.0%})")
+    common = {"make_net": partial(build_net, prepared), "pools": pools, "augment": augment,
+              "image_size": prepared.image_size, "seed": cfg.seed, "rank": rank}
+    if d.method == "dc":
+        from padistill.match.gradient import gradient_step
+
+        return partial(gradient_step, d=d, offsets=list(layout.offsets), cut=cut, **common)
+    from padistill.filters.params import dm_feature_selection
+    from padistill.match.distribution import distribution_step
+
+    selection = dm_feature_selection(model, d.select.mode, d.select.ratio)
+    return partial(distribution_step, batch_real=d.batch_real, selection=selection, **common)
 
 
 def _initial_set(cfg: Config, prepared, model, layout, store, log):
@@ -164,8 +207,7 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
         # thresholds made IPC 10 steps ~30 % faster (IPC 1: ~4 %); see utils/allocator.py.
         tune_cpu_allocator()
     syn_size = prepared.num_classes * d.ipc
-    matcher, model, layout, store = _build_matcher(cfg, prepared, experts_dir, scores_dir, syn_size, rank, world,
-                                                   log)
+    step, model, layout, store = build_step(cfg, prepared, experts_dir, scores_dir, syn_size, rank, world, log)
     ckpt_path = out / CHECKPOINT
     counters = dict.fromkeys(COUNTERS, 0)
     best = None
@@ -185,7 +227,7 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
     try:
         for it in bar:
             t0 = time.perf_counter()
-            info = matcher.step(it, syn, syn.apply)
+            info = step(it, syn, syn.apply)
             loss, status = info["loss"], info["status"]
             bad = status == "nonfinite" or not math.isfinite(loss)
             counters["bad_streak"] = counters["bad_streak"] + 1 if bad else 0
