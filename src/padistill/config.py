@@ -566,5 +566,20 @@ def from_dict(data: dict, where: str = "config") -> Config:
     return validate(cfg)
 
 
+def apply_overrides(cfg, overrides) -> Config:
+    """`a.b=c` strings applied to a resolved config (same rules as `--set`)."""
+    for text in overrides or ():
+        keys, value = parse_override(text)
+        d = to_dict(cfg)
+        node = d
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
+        cfg = from_dict(d, where=f"--set {text}")
+    return cfg
+
+
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
