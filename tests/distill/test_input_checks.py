@@ -75,20 +75,22 @@ def test_imported_buffers_of_another_net_are_refused(tmp_path, tiny_prepared, ti
     bn = import_replay_buffers(tmp_path / "buf", tmp_path / "bn", net="convnet-2-w8-bn", **opts)
     refused(tmp_path, tiny_prepared, bn, r"trained with net 'convnet-2-w8-bn'")
     same = import_replay_buffers(tmp_path / "buf", tmp_path / "same", net="convnet-2-w8", **opts)
-    from padistill.distill.loop import _check_experts_match
+    from padistill.experts.storage import check_experts_manifest
     from padistill.utils.manifest import read_manifest
 
-    _check_experts_match(same, read_manifest(same), tiny_config(), tiny_prepared.fingerprint())  # no error
+    cfg = tiny_config()
+    check_experts_manifest(same, read_manifest(same), cfg.net.name, cfg.net.options, tiny_prepared.fingerprint())
 
 
 @pytest.mark.parametrize("net", [{"name": "convnet-2", "options": {"width": 8}},
                                  {"name": "ConvNet-2-W8-IN", "options": {}},  # the same net, spelled otherwise
                                  {"name": "convnet", "options": {"depth": 2, "width": 8, "pool": "avg"}}])
 def test_the_same_net_spelled_otherwise_is_accepted(tiny_prepared, net):
-    from padistill.distill.loop import _check_experts_match
+    from padistill.experts.storage import check_experts_manifest
 
     m = {"settings": {"net": net}, "inputs": {"data": tiny_prepared.fingerprint()}}
-    _check_experts_match("experts", m, tiny_config(), tiny_prepared.fingerprint())
+    cfg = tiny_config()
+    check_experts_manifest("experts", m, cfg.net.name, cfg.net.options, tiny_prepared.fingerprint())
 
 
 # ----------------------------------------------------------------------------------- non-finite expert rows

@@ -31,8 +31,9 @@ import torch.distributed as dist
 from padistill.artifacts import save_distilled, save_grid
 from padistill.config import Config, dump_yaml, to_dict
 from padistill.errors import PadistillError
-from padistill.nets import net_identity
+from padistill.experts.storage import check_experts_manifest
 from padistill.utils.allocator import tune_cpu_allocator
+from padistill.utils.distributed import rank_world
 from padistill.utils.io import atomic_save, atomic_write_text, load_tensors, require_keys
 from padistill.utils.loggers import MetricsLog
 from padistill.utils.manifest import StageDir, require_complete
@@ -41,12 +42,6 @@ from padistill.utils.progress import progress_bar
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 COUNTERS = ("skipped", "nonfinite", "bad_streak", "applied")
-
-
-def rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def distill_settings(cfg: Config) -> dict:
@@ -76,19 +71,7 @@ def build_step(cfg: Config, prepared, experts_dir=None, scores_dir=None, syn_siz
         from padistill.match.trajectory import Student, TrajectoryMatcher
 
         store = ExpertStore(experts_dir, max_experts=d.max_experts)
-        if store.layout.total != layout.total:
-            raise PadistillError(f"{experts_dir}: experts have {store.layout.total} parameters, "
-                                 f"net '{cfg.net.name}' has {layout.total}; use the net the experts were trained with")
-        theirs = [tuple(sh) for sh in store.layout.shapes]
-        ours = [tuple(sh) for sh in layout.shapes]
-        if theirs != ours:  # same total, other tensors: FIEM's depth cut and the layers would not line up
-            k = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
-            a, b = (list(x[k]) if k < len(x) else "nothing" for x in (theirs, ours))
-            raise PadistillError(f"{experts_dir}/layout.json: parameter #{k} has shape {a}, net '{cfg.net.name}' has "
-                                 f"{b} (same total, other tensors); use the net the experts were trained with")
-        if store.epochs < d.max_start_epoch - 1 + d.expert_epochs:
-            raise PadistillError(f"{experts_dir}: experts have {store.epochs} epochs; the start window needs "
-                                 f"{d.max_start_epoch - 1 + d.expert_epochs}")
+        store.require_fits(layout, cfg.net.name, d.max_start_epoch - 1 + d.expert_epochs)
         student = Student(model, layout, augment, microbatch=d.microbatch or None)
         matcher = TrajectoryMatcher(d, store, student, cut, cfg.seed, syn_size, prepared.image_size,
                                     layer_ranges=ranges, rank=rank, world=world, log=log)
@@ -187,7 +170,7 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
         if experts_dir is None:
             raise PadistillError("distill: trajectory matching needs --experts DIR (output of `padistill experts`)")
         manifest = require_complete(experts_dir, "experts")
-        _check_experts_match(experts_dir, manifest, cfg, inputs["data"])
+        check_experts_manifest(experts_dir, manifest, cfg.net.name, cfg.net.options, inputs["data"])
         inputs["experts"] = manifest["key"]
     elif d.prune.mode != "none" and d.prune.ratio > 0:
         if scores_dir is None:
@@ -304,31 +287,6 @@ def _resume(path: Path, cfg: Config, prepared):
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check_experts_match(folder, manifest: dict, cfg: Config, data: str) -> None:
-    """Refuse experts trained on other data or with another net: the parameter count, checked later, cannot tell
-    ZCA from normalised inputs, or instance from batch norm. Only what the manifest records is compared."""
-    inputs, settings = (m if isinstance(m, dict) else {} for m in (manifest.get("inputs"), manifest.get("settings")))
-    theirs = inputs.get("data")
-    if theirs is not None and theirs != data:  # "<dataset>-<preprocessing>" fingerprints (Prepared.fingerprint)
-        why = "another dataset" if str(theirs).split("-")[0] != data.split("-")[0] else "other preprocessing"
-        raise PadistillError(f"{folder}: experts were trained on data {theirs}, the config's data is {data} "
-                             f"({why}); use experts trained on this data (data.name / data.preprocess / ...)")
-    if isinstance(settings.get("net"), dict):  # `padistill experts`
-        name, options = settings["net"].get("name"), settings["net"].get("options")
-    elif isinstance(settings.get("import"), dict):  # `padistill buffers import` records no data: only its net
-        name, options = settings["import"].get("net"), settings["import"].get("options")
-    else:
-        return
-    try:
-        same = net_identity(name, options or {}) == net_identity(cfg.net.name, cfg.net.options)
-    except (PadistillError, TypeError):  # an unknown or malformed net name / options in the manifest
-        same = False
-    if not same:
-        raise PadistillError(f"{folder}: experts were trained with net {name!r} options {options or {}}, the config "
-                             f"has net {cfg.net.name!r} options {cfg.net.options}; use the net the experts were "
-                             "trained with")
 
 
 def _validate(cfg: Config, prepared, syn, it: int, best: dict | None, out: Path, metrics_f, log) -> dict | None:
