@@ -51,7 +51,7 @@ def _models():
 
 
 def part_a(nets):
-    from padistill.match.losses import soft_cross_entropy
+    from padistill.losses import soft_cross_entropy
     from padistill.nets import param_layout
 
     layout = param_layout(nets["fast"])

@@ -82,7 +82,7 @@ def student_double_backward(model, layout, theta0, x0, y0, v) -> list:
     summed loss / batch), then d(g . v)/d(theta, x, labels). Returns [g, and those three]."""
     import torch
 
-    from padistill.match.losses import soft_cross_entropy
+    from padistill.losses import soft_cross_entropy
 
     th, x, y = (t.clone().requires_grad_(True) for t in (theta0, x0, y0))
     loss = soft_cross_entropy(layout.functional_forward(model, th, x), y, reduction="sum") / len(x0)

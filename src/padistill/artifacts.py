@@ -9,6 +9,10 @@ A distilled set folder holds (spec §8.24):
                     viewed in the wrong space
     grid_*.png      de-whitened images for viewing
 Loading validates every file (weights_only=True, dtypes, shapes, consistency).
+
+Run layout (one owner, used by eval, export and report): a run folder holds `distill/` (or an imported set in
+the same format), `eval/` and `report/`; a set folder also holds config.yaml and manifest.json.
+`find_distill_dir`, `check_set_folder`, `read_set_config` and `locate_run` read it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from padistill.data.transforms import Preprocessor, load_preprocessor
 from padistill.errors import PadistillError
 from padistill.utils.io import atomic_save, atomic_write_with, load_tensors, require_tensor
+from padistill.utils.manifest import read_manifest
 
 
 @dataclass
@@ -136,3 +141,58 @@ def save_grid(images_01: torch.Tensor, path: str | Path, nrow: int, pad: int = 2
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     return atomic_write_with(path, lambda p: img.save(p, format="PNG"))
+
+
+# ------------------------------------------------------------------------------------------ run layout
+
+SET_STAGES = ("distill", "import", "recover", "select")  # folders that hold a set in our format (select: a coreset)
+
+
+def find_distill_dir(run_dir: str | Path) -> Path:
+    """The distilled-set folder: `run_dir` itself or `run_dir/distill`."""
+    run_dir = Path(run_dir)
+    for cand in (run_dir, run_dir / "distill"):
+        if (cand / "images.pt").is_file():
+            return cand
+    if not run_dir.exists():
+        raise PadistillError(f"{run_dir}: folder not found")
+    raise PadistillError(f"{run_dir}: no distilled set (images.pt) here or in {run_dir / 'distill'}")
+
+
+def read_set_config(folder: Path):
+    """The resolved config a distilled-set folder was made with (its config.yaml)."""
+    from padistill.config import from_dict, read_yaml
+
+    path = folder / "config.yaml"
+    if not path.is_file():
+        raise PadistillError(f"{path}: not found; the set's dataset and preprocessing are unknown")
+    return from_dict(read_yaml(path), where=str(path))
+
+
+def check_set_folder(folder: Path) -> dict:
+    """The manifest of a finished set folder (distill, import, recover, select); refuses anything else."""
+    m = read_manifest(folder)
+    if m is None:
+        raise PadistillError(f"{folder}: no manifest.json; expected the output of `padistill distill` or "
+                             "`padistill import`")
+    if m["stage"] not in SET_STAGES:
+        raise PadistillError(f"{folder}: is a '{m['stage']}' folder, expected a distill, import, recover or select "
+                             "folder")
+    if m.get("status") != "complete":
+        raise PadistillError(f"{folder}: the {m['stage']} stage did not finish; re-run it to resume")
+    return m
+
+
+def locate_run(run_dir: Path) -> tuple[Path, Path | None, Path]:
+    """(run root, distill folder or None, eval folder) of a run folder or of a distill folder (finished or not)."""
+    if not run_dir.is_dir():
+        raise PadistillError(f"{run_dir}: folder not found")
+    looks_distill = any((run_dir / n).is_file() for n in ("images.pt", "metrics.jsonl", "checkpoint.pt"))
+    if looks_distill:
+        return run_dir.parent, run_dir, run_dir.parent / "eval"
+    distill = run_dir / "distill"
+    if not distill.is_dir() and (run_dir / "recover").is_dir():  # an SRe2L run: the recovered set
+        distill = run_dir / "recover"
+    if not distill.is_dir() and not (run_dir / "eval").is_dir():
+        raise PadistillError(f"{run_dir}: neither a run folder (distill/, eval/) nor a distill folder")
+    return run_dir, distill if distill.is_dir() else None, run_dir / "eval"

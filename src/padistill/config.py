@@ -120,7 +120,7 @@ class DistillConfig:
     # Scores, experts and the evaluation keep the run's seed, so repeats over distill seeds stay paired.
     # initialisation and what is learned
     image_init: str = "correct"  # correct (real images an expert classifies correctly) | real | noise
-    label_init: str = "soft"  # soft (mean logits of the correct experts) | hard
+    label_init: str = "soft"  # soft (mean logits of the correct experts) | expert (one expert's logits) | hard
     learn_labels: bool = True
     learn_lr: bool = True
     lr_images: float = 100.0  # SGD lr of the pixels
@@ -154,6 +154,7 @@ class DistillConfig:
     inner_loop: int = 50  # DC: network updates on the synthetic set between outer loops
     batch_real: int = 256  # DC/DM: real images per class per step
     net_lr: float = 0.01  # DC: lr of the network trained between outer loops
+    net_momentum: float = 0.0  # DC: SGD momentum of that network (the official DC code: plain SGD, none)
     prune: PruneConfig = field(default_factory=PruneConfig)
     # bookkeeping
     checkpoint_every: int = 50  # iterations between resumable checkpoints
@@ -166,7 +167,7 @@ class DistillConfig:
 
 @dataclass
 class EvalConfig:
-    nets: list = field(default_factory=lambda: ["convnet"])  # cross-architecture list
+    nets: list = field(default_factory=list)  # cross-architecture list; empty = the distillation net (net.name)
     runs: int = 5  # fresh networks per net (mean +- std over runs, n stated)
     epochs: int = 1000  # training epochs (lr x0.1 after epochs//2 + 1)
     batch: int = 128
@@ -270,7 +271,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "distill.method": ("tm", "dc", "dm", "sre2l"),
     "distill.unroll": ("auto", "recompute", "plain"),
     "distill.image_init": ("correct", "real", "noise"),
-    "distill.label_init": ("soft", "hard"),
+    "distill.label_init": ("soft", "expert", "hard"),
     "distill.select.mode": ("depth", "layer", "loss", "deep"),
     "distill.prune.mode": ("none", "hard", "easy"),
     "eval.protocol": ("tm", "sre2l"),
@@ -535,7 +536,7 @@ def validate(cfg: Config) -> Config:
             raise PadistillError(f"config: '{k}' must be > 0; got {v}")
     for k, v in {"scores.momentum": s.momentum, "experts.momentum": e.momentum, "eval.momentum": ev.momentum,
                  "distill.momentum_images": d.momentum_images, "distill.momentum_labels": d.momentum_labels,
-                 "distill.momentum_lr": d.momentum_lr}.items():
+                 "distill.momentum_lr": d.momentum_lr, "distill.net_momentum": d.net_momentum}.items():
         if not 0.0 <= v < 1.0:
             raise PadistillError(f"config: '{k}' must be in [0, 1); got {v}")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device.strip().lower()):
@@ -567,6 +568,8 @@ def validate(cfg: Config) -> Config:
     if d.method != "tm" and d.select.mode in ("loss", "deep") and d.select.ratio > 0:
         raise PadistillError(f"config: 'distill.select.mode' {d.select.mode} is defined for trajectory matching only; "
                              "use depth or layer with dc/dm")
+    if d.method == "dm" and d.select.ratio > 0:
+        _check_dm_select(cfg)
     if d.batch_syn is not None and d.batch_syn < 1:
         raise PadistillError("config: 'distill.batch_syn' must be >= 1 or null")
     from padistill.utils.loggers import LOGGERS
@@ -574,8 +577,8 @@ def validate(cfg: Config) -> Config:
     for name in d.loggers:
         if name not in LOGGERS:
             raise PadistillError(f"config: 'distill.loggers' entries must be one of {', '.join(LOGGERS)}; got {name!r}")
-    if not cfg.eval.nets:
-        raise PadistillError("config: 'eval.nets' must name at least one network")
+    if not cfg.eval.nets:  # the default: evaluate on the network the set was distilled with
+        cfg.eval.nets = [cfg.net.name]
     if not cfg.eval.kd_temperature > 0:
         raise PadistillError(f"config: 'eval.kd_temperature' must be > 0; got {cfg.eval.kd_temperature}")
     if cfg.eval.lr is not None and not cfg.eval.lr > 0:
@@ -605,6 +608,23 @@ def _validate_select(sc: SelectConfig) -> None:
         raise PadistillError(f"config: 'select.momentum' must be in [0, 1); got {sc.momentum}")
     if sc.weight_decay < 0:
         raise PadistillError(f"config: 'select.weight_decay' must be >= 0; got {sc.weight_decay}")
+# (classes, channels, image side) of the datasets whose shape is known before loading them
+_KNOWN_SHAPES = {"cifar10": (10, 3, 32), "cifar100": (100, 3, 32), "tinyimagenet": (200, 3, 64), "tiny": (200, 3, 64)}
+
+
+def _check_dm_select(cfg: Config) -> None:
+    """DM's FIEM must leave an output channel to match on the configured net (refused here for the datasets whose
+    shape is known; the distillation stage checks any other dataset on its real shape before it starts)."""
+    shape = _KNOWN_SHAPES.get(cfg.data.name.strip().lower().replace("-", "").replace("_", ""))
+    if shape is None:
+        return
+    from padistill.filters.params import dm_feature_selection
+    from padistill.nets import build
+
+    classes, channels, side = shape
+    model = build(cfg.net.name, num_classes=classes, channels=channels, im_size=(side, side), seed=0,
+                  **cfg.net.options)
+    dm_feature_selection(model, cfg.distill.select.mode, cfg.distill.select.ratio)
 
 
 def load_config(preset: str | None = None, path: str | Path | None = None,
@@ -642,6 +662,21 @@ def from_dict(data: dict, where: str = "config") -> Config:
     cfg = Config()
     _apply(cfg, data, where)
     return validate(cfg)
+
+
+def apply_overrides(cfg, overrides) -> Config:
+    """`a.b=c` strings applied to a resolved config (same rules as `--set`)."""
+    for text in overrides or ():
+        keys, value = parse_override(text)
+        d = to_dict(cfg)
+        node = d
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
+        cfg = from_dict(d, where=f"--set {text}")
+    return cfg
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -68,9 +68,8 @@ def export_set(run_dir: str | Path, out: str | Path, fmt: str = "ddranking", spa
     `prefix='best_'` exports the set selected on validation (best_*.pt) instead of the final one.
     `fmt='hf'`: a Hugging Face dataset folder (`padistill.hub`; space model = PNGs + exact model tensors, pixel =
     PNGs only); `repo_id` only names the repository in its dataset card."""
-    from padistill.artifacts import load_distilled
+    from padistill.artifacts import check_set_folder, find_distill_dir, load_distilled, read_set_config
     from padistill.data.transforms import Preprocessor
-    from padistill.evaluate.stage import check_set_folder, find_distill_dir, read_set_config
 
     if fmt not in FORMATS:
         raise PadistillError(f"export: format must be one of {', '.join(FORMATS)}; got {fmt!r}")
@@ -217,7 +216,8 @@ def _import_config(src: Path, dataset: str, data_root, space: str, preprocess: s
         raise PadistillError(f"import: images in {space} space stay in it; --preprocess {preprocess} applies "
                              "to pixel images only")
     if (src / "config.yaml").is_file():
-        from padistill.evaluate.stage import apply_overrides, read_set_config
+        from padistill.artifacts import read_set_config
+        from padistill.config import apply_overrides
 
         cfg = read_set_config(src)
         if not _same_name(cfg.data.name, dataset):

@@ -32,21 +32,6 @@ from padistill.utils.io import atomic_write_bytes, atomic_write_text
 STAGES = ("scores", "experts", "squeeze", "distill", "recover", "eval")
 
 
-def _locate(run_dir: Path) -> tuple[Path, Path | None, Path]:
-    """(run root, distill folder or None, eval folder)."""
-    if not run_dir.is_dir():
-        raise PadistillError(f"{run_dir}: folder not found")
-    looks_distill = any((run_dir / n).is_file() for n in ("images.pt", "metrics.jsonl", "checkpoint.pt"))
-    if looks_distill:
-        return run_dir.parent, run_dir, run_dir.parent / "eval"
-    distill = run_dir / "distill"
-    if not distill.is_dir() and (run_dir / "recover").is_dir():  # an SRe2L run: the recovered set
-        distill = run_dir / "recover"
-    if not distill.is_dir() and not (run_dir / "eval").is_dir():
-        raise PadistillError(f"{run_dir}: neither a run folder (distill/, eval/) nor a distill folder")
-    return run_dir, distill if distill.is_dir() else None, run_dir / "eval"
-
-
 def read_metrics(path: Path) -> list[dict]:
     """Records of metrics.jsonl; torn or foreign lines (a crash mid-write) are skipped."""
     if not path.is_file():
@@ -285,9 +270,9 @@ img{max-width:100%;image-rendering:pixelated}"""
 
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the HTML report of `run_dir` (a run folder or a distill folder); returns index.html's path."""
-    from padistill.artifacts import load_distilled
+    from padistill.artifacts import load_distilled, locate_run
 
-    root, distill, eval_dir = _locate(Path(run_dir))
+    root, distill, eval_dir = locate_run(Path(run_dir))
     out = Path(out) if out is not None else root / "report"
     out.mkdir(parents=True, exist_ok=True)
     written: list[str] = []

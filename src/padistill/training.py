@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from padistill.match.losses import label_loss
+from padistill.losses import label_loss
 
 
 def has_batch_statistics(model: nn.Module) -> bool:

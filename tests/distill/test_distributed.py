@@ -14,15 +14,15 @@ from padistill.utils.io import load_tensors
 
 def emulate_two_ranks(cfg, prepared, experts_dir):
     """What two ranks should compute, done in one process: average the two ranks' gradients."""
-    from padistill.distill.loop import _build_matcher, _initial_set
+    from padistill.distill.loop import _initial_set, build_step
 
-    m0, model, layout, store = _build_matcher(cfg, prepared, experts_dir, None, 20, 0, 2, print)
-    m1, *_ = _build_matcher(cfg, prepared, experts_dir, None, 20, 1, 2, print)
+    s0, model, layout, store = build_step(cfg, prepared, experts_dir, None, 20, 0, 2, print)
+    s1, *_ = build_step(cfg, prepared, experts_dir, None, 20, 1, 2, print)
     syn = _initial_set(cfg, prepared, model, layout, store, lambda *_: None)
     for it in range(cfg.distill.iterations):
         got = []
-        for m in (m0, m1):
-            m.step(it, syn, got.append)
+        for step in (s0, s1):
+            step(it, syn, got.append)
         avg = {k: (got[0][k] + got[1][k]) / 2 for k in got[0]}
         syn.apply(avg)
     return syn

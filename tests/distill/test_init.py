@@ -47,3 +47,23 @@ def test_real_and_hard_init(tiny_prepared):
 
 def test_config_has_distill_defaults():
     assert tiny_config().distill.method == "tm"
+
+
+def test_expert_labels_are_one_experts_logits_unfiltered(tiny_prepared, tiny_experts):
+    """label_init expert = the published code's labels for pix_init real: expert 0's logits, no filtering."""
+    p = tiny_prepared
+    store = ExpertStore(tiny_experts)
+    model = build_net(p, seed=0)
+    layout = param_layout(model)
+    images, _ = init_images(p, 3, "real", 0, log=QUIET)
+    labels = init_labels(p, images, 3, "expert", experts=store, model=model, layout=layout, log=QUIET)
+    assert torch.equal(labels, predict(model, layout, store.checkpoint(0, -1), images))
+
+
+def test_cifar100_ipc50_preset_follows_the_published_label_init():
+    from padistill.config import load_config, preset_header
+
+    for preset in ("pad/cifar100-ipc50", "datm/cifar100-ipc50"):
+        d = load_config(preset=preset).distill
+        assert (d.image_init, d.label_init) == ("real", "expert"), preset
+    assert "label_init expert" in preset_header("pad/cifar100-ipc50")

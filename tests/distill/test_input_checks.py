@@ -87,13 +87,15 @@ def test_imported_buffers_of_another_net_are_refused(tmp_path, tiny_prepared, ti
                                  {"name": "ConvNet-2-W8-IN", "options": {}},  # the same net, spelled otherwise
                                  {"name": "convnet", "options": {"depth": 2, "width": 8, "pool": "avg"}}])
 def test_the_same_net_spelled_otherwise_is_accepted(tiny_prepared, net):
-    from padistill.distill.loop import _check_experts_match
+    from padistill.experts.storage import check_experts_manifest
 
     m = {"settings": {"net": net}, "inputs": {"data": tiny_prepared.fingerprint()}}
-    assert _check_experts_match("experts", m, tiny_config(), tiny_prepared.fingerprint()) is None  # accepted
+    cfg = tiny_config()
+    assert check_experts_manifest("experts", m, cfg.net.name, cfg.net.options, tiny_prepared.fingerprint()) is None
     # ... while the same manifest against a config whose net differs only in width is refused
+    wide = tiny_config("net.options={width: 16}")
     with pytest.raises(PadistillError, match="experts were trained with net"):
-        _check_experts_match("experts", m, tiny_config("net.options={width: 16}"), tiny_prepared.fingerprint())
+        check_experts_manifest("experts", m, wide.net.name, wide.net.options, tiny_prepared.fingerprint())
 
 
 # ----------------------------------------------------------------------------------- non-finite expert rows

@@ -11,7 +11,7 @@ import torch
 
 from padistill.augment import DSA
 from padistill.filters.params import param_cut
-from padistill.match.losses import soft_cross_entropy
+from padistill.losses import soft_cross_entropy
 from padistill.match.trajectory import Student, make_plan, match_trajectory
 from padistill.nets import build, param_layout
 from padistill.utils.rng import generator

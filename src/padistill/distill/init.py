@@ -10,6 +10,8 @@ Labels:
 - soft: for each image the mean logits of exactly the experts that classify it correctly (so the
   argmax of every initial label is its class); images that no expert gets right use the mean over
   all experts (counted and reported).
+- expert: the logits of ONE expert (the first, at the label checkpoint), no filtering: what the published PAD
+  code does with `pix_init: real` (CIFAR-100 IPC 50, spec §3.4).
 - hard: the class index (MTT: fixed labels, plain cross-entropy).
 """
 
@@ -81,6 +83,8 @@ def init_labels(prepared, images: torch.Tensor, ipc: int, mode: str, experts=Non
     cls = torch.arange(C, device=images.device).repeat_interleave(ipc)
     if mode == "hard" or experts is None:
         return cls.clone()
+    if mode == "expert":
+        return predict(model, layout, experts.checkpoint(0, label_epoch, images.device), images)
     total = torch.zeros(len(images), C, device=images.device)
     correct_sum = torch.zeros(len(images), C, device=images.device)
     correct_n = torch.zeros(len(images), device=images.device)

@@ -32,8 +32,9 @@ import torch.distributed as dist
 from padistill.artifacts import save_distilled, save_grid
 from padistill.config import Config, dump_yaml, to_dict
 from padistill.errors import PadistillError
-from padistill.nets import net_identity
+from padistill.experts.storage import check_experts_manifest
 from padistill.utils.allocator import tune_cpu_allocator
+from padistill.utils.distributed import rank_world
 from padistill.utils.io import atomic_save, atomic_write_text, load_tensors, require_keys
 from padistill.utils.loggers import MetricsLog
 from padistill.utils.manifest import StageDir, require_complete
@@ -42,12 +43,6 @@ from padistill.utils.progress import progress_bar
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 COUNTERS = ("skipped", "nonfinite", "bad_streak", "applied")
-
-
-def rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def distill_settings(cfg: Config) -> dict:
@@ -60,8 +55,10 @@ def distill_settings(cfg: Config) -> dict:
     return {"data": to_dict(cfg.data), "net": to_dict(cfg.net), "distill": d}
 
 
-def _build_matcher(cfg: Config, prepared, experts_dir, scores_dir, syn_size: int, rank: int, world: int, log):
-    """Student network + FIEM cut + matcher for the configured method."""
+def build_step(cfg: Config, prepared, experts_dir=None, scores_dir=None, syn_size: int = 0, rank: int = 0,
+               world: int = 1, log=print):
+    """The configured method's step `(it, syn, update) -> info`, with the student network, its layout and (TM) the
+    expert store. The loop decides the filters here: the FIEM cut for every method, FIEX pruning for DC/DM."""
     from padistill.context import build_net, make_augment
     from padistill.filters.params import param_cut
     from padistill.nets import param_layout
@@ -77,30 +74,59 @@ def _build_matcher(cfg: Config, prepared, experts_dir, scores_dir, syn_size: int
         from padistill.match.trajectory import Student, TrajectoryMatcher
 
         store = ExpertStore(experts_dir, max_experts=d.max_experts)
-        if store.layout.total != layout.total:
-            raise PadistillError(f"{experts_dir}: experts have {store.layout.total} parameters, "
-                                 f"net '{cfg.net.name}' has {layout.total}; use the net the experts were trained with")
-        theirs = [tuple(sh) for sh in store.layout.shapes]
-        ours = [tuple(sh) for sh in layout.shapes]
-        if theirs != ours:  # same total, other tensors: FIEM's depth cut and the layers would not line up
-            k = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
-            a, b = (list(x[k]) if k < len(x) else "nothing" for x in (theirs, ours))
-            raise PadistillError(f"{experts_dir}/layout.json: parameter #{k} has shape {a}, net '{cfg.net.name}' has "
-                                 f"{b} (same total, other tensors); use the net the experts were trained with")
-        if store.epochs < d.max_start_epoch - 1 + d.expert_epochs:
-            raise PadistillError(f"{experts_dir}: experts have {store.epochs} epochs; the start window needs "
-                                 f"{d.max_start_epoch - 1 + d.expert_epochs}")
+        store.require_fits(layout, cfg.net.name, d.max_start_epoch - 1 + d.expert_epochs)
         student = Student(model, layout, augment, microbatch=d.microbatch or None)
         matcher = TrajectoryMatcher(d, store, student, cut, cfg.seed, syn_size, prepared.image_size,
                                     layer_ranges=ranges, rank=rank, world=world, log=log)
-        return matcher, model, layout, store
+        return matcher.step, model, layout, store
     if d.method in ("dc", "dm"):
-        from padistill.match.feature import build_feature_matcher
-
-        matcher = build_feature_matcher(cfg, prepared, augment, cut, scores_dir=scores_dir, rank=rank, world=world,
-                                        log=log)
-        return matcher, model, layout, None
+        return _feature_step(cfg, prepared, model, layout, augment, cut, scores_dir, rank, log), model, layout, None
     raise PadistillError(f"distill.method: unknown method {d.method!r}")
+
+
+def _class_pools(cfg: Config, prepared, scores_dir, log):
+    """FIEX for DC/DM: per class, the training indices that may be drawn (the hardest / easiest share removed by the
+    scores folder's difficulty ordering when `distill.prune` is on)."""
+    from padistill.match.pools import ClassPools
+
+    d = cfg.distill
+    if d.prune.mode == "none" or d.prune.ratio == 0:
+        return ClassPools(prepared.x_train, list(prepared.class_indices()))
+    from padistill.filters.schedule import prune_ordering
+    from padistill.scores.ordering import load_scores_ordering
+
+    if scores_dir is None:
+        raise PadistillError(f"{d.method}: distill.prune needs an ordering; pass --scores <scores folder>")
+    # validated: a finished scores folder of these training data, every row = exactly its class's indices
+    full = load_scores_ordering(scores_dir, prepared)
+    ordering = prune_ordering(full, d.prune.mode, d.prune.ratio)
+    which = {"hard": "hardest", "easy": "easiest"}[d.prune.mode]
+    log(f"{d.method}: FIEX removes the {d.prune.ratio:.0%} {which} samples of every class "
+        f"({full.shape[1]} -> {ordering.shape[1]} per class)")
+    return ClassPools(prepared.x_train, list(ordering))
+
+
+def _feature_step(cfg: Config, prepared, model, layout, augment, cut, scores_dir, rank: int, log):
+    """DC / DM: the step function bound to the pools (FIEX), the cut or feature selection (FIEM) and a net factory."""
+    from functools import partial
+
+    from padistill.context import build_net
+
+    d = cfg.distill
+    pools = _class_pools(cfg, prepared, scores_dir, log)
+    if cut.start > 0:
+        log(f"{d.method}: FIEM masks the first {cut.start} of {cut.total} parameters ({cut.ratio:.0%})")
+    common = {"make_net": partial(build_net, prepared), "pools": pools, "augment": augment,
+              "image_size": prepared.image_size, "seed": cfg.seed, "rank": rank}
+    if d.method == "dc":
+        from padistill.match.gradient import gradient_step
+
+        return partial(gradient_step, d=d, offsets=list(layout.offsets), cut=cut, **common)
+    from padistill.filters.params import dm_feature_selection
+    from padistill.match.distribution import distribution_step
+
+    selection = dm_feature_selection(model, d.select.mode, d.select.ratio)
+    return partial(distribution_step, batch_real=d.batch_real, selection=selection, **common)
 
 
 def _initial_set(cfg: Config, prepared, model, layout, store, log):
@@ -147,7 +173,7 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
         if experts_dir is None:
             raise PadistillError("distill: trajectory matching needs --experts DIR (output of `padistill experts`)")
         manifest = require_complete(experts_dir, "experts")
-        _check_experts_match(experts_dir, manifest, cfg, inputs["data"])
+        check_experts_manifest(experts_dir, manifest, cfg.net.name, cfg.net.options, inputs["data"])
         inputs["experts"] = manifest["key"]
     elif d.prune.mode != "none" and d.prune.ratio > 0:
         if scores_dir is None:
@@ -169,8 +195,7 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
     syn_size = prepared.num_classes * d.ipc
     # distill.seed: this stage's randomness only; config.yaml keeps the run's seed, which the evaluation uses
     work = cfg if d.seed is None else dataclasses.replace(cfg, seed=d.seed)
-    matcher, model, layout, store = _build_matcher(work, prepared, experts_dir, scores_dir, syn_size, rank, world,
-                                                   log)
+    step, model, layout, store = build_step(work, prepared, experts_dir, scores_dir, syn_size, rank, world, log)
     ckpt_path = out / CHECKPOINT
     counters = dict.fromkeys(COUNTERS, 0)
     best = None
@@ -190,7 +215,7 @@ def run_distill(cfg: Config, prepared, out_dir: str | Path, experts_dir: str | P
     try:
         for it in bar:
             t0 = time.perf_counter()
-            info = matcher.step(it, syn, syn.apply)
+            info = step(it, syn, syn.apply)
             loss, status = info["loss"], info["status"]
             bad = status == "nonfinite" or not math.isfinite(loss)
             counters["bad_streak"] = counters["bad_streak"] + 1 if bad else 0
@@ -238,8 +263,8 @@ def _resume(path: Path, cfg: Config, prepared):
 
     d, C = cfg.distill, prepared.num_classes
     dev = prepared.device
-    # an empty set shaped like the one `_initial_set` makes (soft labels only for TM with label_init=soft)
-    labels = (torch.zeros(C * d.ipc, C, device=dev) if d.method == "tm" and d.label_init == "soft"
+    # an empty set shaped like the one `_initial_set` makes (learned logits only for TM with soft / expert labels)
+    labels = (torch.zeros(C * d.ipc, C, device=dev) if d.method == "tm" and d.label_init != "hard"
               else torch.arange(C, device=dev).repeat_interleave(d.ipc))
     syn = SyntheticSet(torch.zeros(C * d.ipc, *prepared.x_train.shape[1:], dtype=prepared.x_train.dtype, device=dev),
                        labels, d.syn_lr, C, d)
@@ -267,31 +292,6 @@ def _resume(path: Path, cfg: Config, prepared):
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check_experts_match(folder, manifest: dict, cfg: Config, data: str) -> None:
-    """Refuse experts trained on other data or with another net: the parameter count, checked later, cannot tell
-    ZCA from normalised inputs, or instance from batch norm. Only what the manifest records is compared."""
-    inputs, settings = (m if isinstance(m, dict) else {} for m in (manifest.get("inputs"), manifest.get("settings")))
-    theirs = inputs.get("data")
-    if theirs is not None and theirs != data:  # "<dataset>-<preprocessing>" fingerprints (Prepared.fingerprint)
-        why = "another dataset" if str(theirs).split("-")[0] != data.split("-")[0] else "other preprocessing"
-        raise PadistillError(f"{folder}: experts were trained on data {theirs}, the config's data is {data} "
-                             f"({why}); use experts trained on this data (data.name / data.preprocess / ...)")
-    if isinstance(settings.get("net"), dict):  # `padistill experts`
-        name, options = settings["net"].get("name"), settings["net"].get("options")
-    elif isinstance(settings.get("import"), dict):  # `padistill buffers import` records no data: only its net
-        name, options = settings["import"].get("net"), settings["import"].get("options")
-    else:
-        return
-    try:
-        same = net_identity(name, options or {}) == net_identity(cfg.net.name, cfg.net.options)
-    except (PadistillError, TypeError):  # an unknown or malformed net name / options in the manifest
-        same = False
-    if not same:
-        raise PadistillError(f"{folder}: experts were trained with net {name!r} options {options or {}}, the config "
-                             f"has net {cfg.net.name!r} options {cfg.net.options}; use the net the experts were "
-                             "trained with")
 
 
 def _validate(cfg: Config, prepared, syn, it: int, best: dict | None, out: Path, metrics_f, log) -> dict | None:

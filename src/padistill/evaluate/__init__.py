@@ -10,6 +10,7 @@ baseline, KD teacher, model-space check), `api` (`evaluate_set`, `cross_arch`, `
 `Prepared` data), `stage` (`run_eval`: `padistill eval RUN_DIR`).
 """
 
+from padistill.artifacts import find_distill_dir, read_set_config
 from padistill.evaluate.api import cross_arch, evaluate_set, net_options, train_on_real
 from padistill.evaluate.protocol import (
     EvalResult,
@@ -17,14 +18,14 @@ from padistill.evaluate.protocol import (
     Teacher,
     decay_epoch,
     evaluate,
-    kd_loss,
     lr_schedule,
     optimizer_starts,
     train_and_test,
 )
 from padistill.evaluate.sets import EvalSet, check_space, load_teacher, random_subset
-from padistill.evaluate.stage import find_distill_dir, read_set_config, run_eval
+from padistill.evaluate.stage import run_eval
 from padistill.evaluate.table import EvalTable
+from padistill.losses import kd_loss
 
 __all__ = [
     "EvalResult", "EvalSet", "EvalTable", "Protocol", "Teacher", "check_space", "cross_arch", "decay_epoch",

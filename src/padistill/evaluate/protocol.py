@@ -32,11 +32,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from padistill.errors import PadistillError
-from padistill.match.losses import label_loss
+from padistill.losses import kd_loss, label_loss
 from padistill.training import accuracy, chunks, has_batch_statistics, train_epoch
 from padistill.utils.rng import derive_seed, generator
 
@@ -159,26 +158,7 @@ class EvalResult:
                    d.get("label", ""))
 
 
-# ------------------------------------------------------------------------------------------ losses
-
-
-def kd_loss(temperature: float) -> Callable:
-    """RDED-style distillation loss: T^2 * KL(softmax(t / T) || softmax(s / T)), summed over classes.
-
-    The T^2 factor keeps gradient magnitudes comparable across temperatures (Hinton et al.)."""
-    t = float(temperature)
-
-    def loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        log_p = F.log_softmax(teacher_logits / t, dim=1)
-        log_q = F.log_softmax(student_logits / t, dim=1)
-        per_sample = (log_p.exp() * (log_p - log_q)).sum(dim=1) * (t * t)
-        if reduction == "sum":
-            return per_sample.sum()
-        if reduction == "none":
-            return per_sample
-        return per_sample.mean()
-
-    return loss
+# ------------------------------------------------------------------------------------------ targets
 
 
 def training_targets(labels: torch.Tensor, soft_labels: bool) -> torch.Tensor:

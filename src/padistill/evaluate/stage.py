@@ -21,63 +21,15 @@ import copy
 import time
 from pathlib import Path
 
-from padistill.config import dump_yaml, from_dict, parse_override, read_yaml, to_dict
+from padistill.artifacts import check_set_folder, find_distill_dir, read_set_config
+from padistill.config import apply_overrides, dump_yaml, to_dict
 from padistill.errors import PadistillError
 from padistill.evaluate.api import cross_arch
 from padistill.evaluate.protocol import Protocol
 from padistill.evaluate.sets import BASELINE_LR, EvalSet, check_space, load_teacher, random_subset
 from padistill.utils.allocator import tune_cpu_allocator
 from padistill.utils.io import atomic_write_json, atomic_write_text, read_json, sha256_file
-from padistill.utils.manifest import StageDir, read_manifest
-
-SET_STAGES = ("distill", "import", "recover", "select")  # folders that hold a set in our format (select: a coreset)
-
-
-def find_distill_dir(run_dir: str | Path) -> Path:
-    """The distilled-set folder: `run_dir` itself or `run_dir/distill`."""
-    run_dir = Path(run_dir)
-    for cand in (run_dir, run_dir / "distill"):
-        if (cand / "images.pt").is_file():
-            return cand
-    if not run_dir.exists():
-        raise PadistillError(f"{run_dir}: folder not found")
-    raise PadistillError(f"{run_dir}: no distilled set (images.pt) here or in {run_dir / 'distill'}")
-
-
-def read_set_config(folder: Path):
-    """The resolved config a distilled-set folder was made with (its config.yaml)."""
-    path = folder / "config.yaml"
-    if not path.is_file():
-        raise PadistillError(f"{path}: not found; the set's dataset and preprocessing are unknown")
-    return from_dict(read_yaml(path), where=str(path))
-
-
-def apply_overrides(cfg, overrides) -> object:
-    """`a.b=c` strings applied to a resolved config (same rules as `--set`)."""
-    for text in overrides or ():
-        keys, value = parse_override(text)
-        d = to_dict(cfg)
-        node = d
-        for k in keys[:-1]:
-            if not isinstance(node.get(k), dict):
-                node[k] = {}
-            node = node[k]
-        node[keys[-1]] = value
-        cfg = from_dict(d, where=f"--set {text}")
-    return cfg
-
-
-def check_set_folder(folder: Path) -> dict:
-    """The manifest of a finished distill / import folder; refuses anything else (eval, export)."""
-    m = read_manifest(folder)
-    if m is None:
-        raise PadistillError(f"{folder}: no manifest.json; expected the output of `padistill distill` or "
-                             "`padistill import`")
-    if m["stage"] not in SET_STAGES:
-        raise PadistillError(f"{folder}: is a '{m['stage']}' folder, expected a distill, import or select folder")
-    if m.get("status") != "complete":
-        raise PadistillError(f"{folder}: the {m['stage']} stage did not finish; re-run it to resume")
-    return m
+from padistill.utils.manifest import StageDir
 
 
 def _file_hashes(folder: Path, names) -> dict:

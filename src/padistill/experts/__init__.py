@@ -7,10 +7,10 @@
 """
 
 from padistill.experts.gsam import GSAM
-from padistill.experts.storage import ExpertLayout, ExpertStore, expert_path, save_expert
+from padistill.experts.storage import ExpertStore, expert_path, save_expert
 from padistill.experts.train import experts_settings, make_optimizer, run_experts, train_expert
 
 __all__ = [
-    "GSAM", "ExpertLayout", "ExpertStore", "expert_path", "experts_settings", "make_optimizer", "run_experts",
+    "GSAM", "ExpertStore", "expert_path", "experts_settings", "make_optimizer", "run_experts",
     "save_expert", "train_expert",
 ]

@@ -103,7 +103,7 @@ def import_replay_buffers(src: str | Path, out: str | Path, net: str = "convnet"
         if EXPERT_RE.match(p.name) or p.name == "metrics.jsonl":
             p.unlink()
     shutil.rmtree(out / "partial", ignore_errors=True)
-    atomic_write_json(out / LAYOUT_FILE, {"names": list(layout.names), "shapes": [list(s) for s in layout.shapes]})
+    atomic_write_json(out / LAYOUT_FILE, layout.to_json())
     k, epochs, sources = 0, None, []
     for path in files:
         data = _load_buffer(path)
@@ -146,7 +146,7 @@ def export_replay_buffers(src: str | Path, out: str | Path, per_file: int = 10, 
             if len(bad):  # never hand NaN experts on: the published code would match against them silently
                 raise PadistillError(f"{store.files[i]}: epoch {int(bad[0])} parameters contain NaN or Inf")
             # clone(): a view would make torch.save write the whole underlying [E+1, P] storage per tensor
-            buffer.append([[t.to(torch.float32).clone() for t in _split(rows[e], store.layout)]
+            buffer.append([[t.to(torch.float32).clone() for t in store.layout.split(rows[e])]
                            for e in range(rows.shape[0])])
         path = out / f"replay_buffer_{n}.pt"
         atomic_write_with(path, lambda p, b=buffer: torch.save(b, p))
@@ -155,14 +155,3 @@ def export_replay_buffers(src: str | Path, out: str | Path, per_file: int = 10, 
         del buffer
     log(f"buffers: exported {len(store)} experts into {len(written)} file(s) in {out}")
     return written
-
-
-def _split(row: torch.Tensor, layout) -> list[torch.Tensor]:
-    out, off = [], 0
-    for shape in layout.shapes:
-        n = 1
-        for d in shape:
-            n *= d
-        out.append(row[off:off + n].reshape(shape))
-        off += n
-    return out

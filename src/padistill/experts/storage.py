@@ -18,13 +18,14 @@ rows, not the 100+ checkpoints of every expert. All loads use weights_only=True 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 from padistill.errors import PadistillError
+from padistill.nets.layout import ParamLayout
+from padistill.nets.registry import net_identity
 from padistill.utils.io import atomic_save, load_tensors, read_json
 
 EXPERT_RE = re.compile(r"^expert_(\d{4,})\.pt$")
@@ -40,36 +41,6 @@ def save_expert(folder: str | Path, expert_id: int, params: torch.Tensor, meta: 
         raise ValueError("params must be [E+1, P]")
     return atomic_save({"params": params.contiguous(), "epochs": int(params.shape[0] - 1), "meta": meta},
                        expert_path(folder, expert_id))
-
-
-@dataclass(frozen=True)
-class ExpertLayout:
-    names: tuple[str, ...]
-    shapes: tuple[tuple[int, ...], ...]
-
-    @property
-    def total(self) -> int:
-        n = 0
-        for s in self.shapes:
-            k = 1
-            for d in s:
-                k *= d
-            n += k
-        return n
-
-    def to_json(self) -> dict:
-        return {"names": list(self.names), "shapes": [list(s) for s in self.shapes]}
-
-    @classmethod
-    def from_json(cls, data: dict, where: str) -> ExpertLayout:
-        try:
-            names = tuple(str(n) for n in data["names"])
-            shapes = tuple(tuple(int(d) for d in s) for s in data["shapes"])
-        except (KeyError, TypeError, ValueError):
-            raise PadistillError(f"{where}: expected {{'names': [...], 'shapes': [[...], ...]}}") from None
-        if len(names) != len(shapes):
-            raise PadistillError(f"{where}: {len(names)} names but {len(shapes)} shapes")
-        return cls(names, shapes)
 
 
 class ExpertStore:
@@ -88,8 +59,8 @@ class ExpertStore:
         if not files:
             raise PadistillError(f"{self.folder}: no expert_XXXX.pt files (run `padistill experts` first)")
         self.files = files
-        self.layout = ExpertLayout.from_json(read_json(self.folder / LAYOUT_FILE, "expert layout"),
-                                             str(self.folder / LAYOUT_FILE))
+        self.layout = ParamLayout.from_json(read_json(self.folder / LAYOUT_FILE, "expert layout"),
+                                            str(self.folder / LAYOUT_FILE))
         first = self._open(0)
         self.epochs = int(first["params"].shape[0] - 1)
         self.dtype = first["params"].dtype
@@ -136,3 +107,45 @@ class ExpertStore:
 
     def meta(self, i: int) -> dict:
         return self._open(i).get("meta", {})
+
+    def require_fits(self, layout: ParamLayout, net_name: str, epochs_needed: int) -> None:
+        """Refuse experts of another network (parameter count or tensor shapes: FIEM's depth cut and the layers
+        would not line up) or with fewer epochs than the start window needs."""
+        where = self.folder
+        if self.layout.total != layout.total:
+            raise PadistillError(f"{where}: experts have {self.layout.total} parameters, "
+                                 f"net '{net_name}' has {layout.total}; use the net the experts were trained with")
+        theirs = [tuple(sh) for sh in self.layout.shapes]
+        ours = [tuple(sh) for sh in layout.shapes]
+        if theirs != ours:
+            k = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
+            a, b = (list(x[k]) if k < len(x) else "nothing" for x in (theirs, ours))
+            raise PadistillError(f"{where}/layout.json: parameter #{k} has shape {a}, net '{net_name}' has "
+                                 f"{b} (same total, other tensors); use the net the experts were trained with")
+        if self.epochs < epochs_needed:
+            raise PadistillError(f"{where}: experts have {self.epochs} epochs; the start window needs {epochs_needed}")
+
+
+def check_experts_manifest(folder, manifest: dict, net_name: str, net_options: dict, data: str) -> None:
+    """Refuse experts trained on other data or with another net: the parameter count, checked later, cannot tell
+    ZCA from normalised inputs, or instance from batch norm. Only what the manifest records is compared."""
+    inputs, settings = (m if isinstance(m, dict) else {} for m in (manifest.get("inputs"), manifest.get("settings")))
+    theirs = inputs.get("data")
+    if theirs is not None and theirs != data:  # "<dataset>-<preprocessing>" fingerprints (Prepared.fingerprint)
+        why = "another dataset" if str(theirs).split("-")[0] != data.split("-")[0] else "other preprocessing"
+        raise PadistillError(f"{folder}: experts were trained on data {theirs}, the config's data is {data} "
+                             f"({why}); use experts trained on this data (data.name / data.preprocess / ...)")
+    if isinstance(settings.get("net"), dict):  # `padistill experts`
+        name, options = settings["net"].get("name"), settings["net"].get("options")
+    elif isinstance(settings.get("import"), dict):  # `padistill buffers import` records no data: only its net
+        name, options = settings["import"].get("net"), settings["import"].get("options")
+    else:
+        return
+    try:
+        same = net_identity(name, options or {}) == net_identity(net_name, net_options)
+    except (PadistillError, TypeError):  # an unknown or malformed net name / options in the manifest
+        same = False
+    if not same:
+        raise PadistillError(f"{folder}: experts were trained with net {name!r} options {options or {}}, the config "
+                             f"has net {net_name!r} options {net_options}; use the net the experts were "
+                             "trained with")

@@ -37,8 +37,9 @@ import torch
 from padistill.config import Config, dump_yaml, to_dict
 from padistill.errors import PadistillError
 from padistill.experts.gsam import GSAM
-from padistill.experts.storage import EXPERT_RE, LAYOUT_FILE, ExpertLayout, expert_path, save_expert
+from padistill.experts.storage import EXPERT_RE, LAYOUT_FILE, expert_path, save_expert
 from padistill.filters.schedule import kept_columns, scheduled_indices
+from padistill.nets.layout import ParamLayout
 from padistill.utils.allocator import tune_cpu_allocator
 from padistill.utils.distributed import begin_shared_stage, my_share, rank_world, wait_until
 from padistill.utils.io import atomic_save, atomic_write_json, atomic_write_text, load_tensors, read_json
@@ -195,14 +196,12 @@ def train_expert(cfg: Config, prepared, k: int, out: Path, ordering: torch.Tenso
 
 
 def _write_layout(out: Path, model_layout) -> None:
-    data = {"names": list(model_layout.names), "shapes": [list(s) for s in model_layout.shapes]}
     path = out / LAYOUT_FILE
     if path.is_file():
-        old = ExpertLayout.from_json(read_json(path, "expert layout"), str(path))
-        if (list(old.names), [list(s) for s in old.shapes]) != (data["names"], data["shapes"]):
+        if ParamLayout.from_json(read_json(path, "expert layout"), str(path)) != model_layout:
             raise PadistillError(f"{path}: describes another network than net '{model_layout}'")
         return
-    atomic_write_json(path, data)
+    atomic_write_json(path, model_layout.to_json())
 
 
 def _logged_seconds(path: Path) -> dict[tuple, float]:

@@ -7,12 +7,12 @@
 Every matcher accepts the result of these functions; passing none gives the unfiltered baseline.
 """
 
-from padistill.filters.params import ParamCut, kept_layers, param_cut, select_by_loss
+from padistill.filters.params import ParamCut, dm_feature_selection, kept_channels, param_cut, select_by_loss
 from padistill.filters.schedule import kept_columns, prune_ordering, scheduled_indices
 from padistill.filters.window import sample_start_epoch, start_epoch_bound
 
 __all__ = [
-    "ParamCut", "kept_layers", "param_cut", "select_by_loss",
+    "ParamCut", "dm_feature_selection", "kept_channels", "param_cut", "select_by_loss",
     "kept_columns", "prune_ordering", "scheduled_indices",
     "sample_start_epoch", "start_epoch_bound",
 ]

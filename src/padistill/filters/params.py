@@ -84,6 +84,66 @@ def select_by_loss(d: torch.Tensor, ratio: float) -> torch.Tensor:
     return torch.topk(d.detach(), keep, sorted=False).indices
 
 
-def kept_layers(cut: ParamCut, layer_ranges: list[tuple[int, int]]) -> list[int]:
-    """Indices of the layers that keep at least one parameter (used by DM's per-layer features)."""
-    return [i for i, (s, e) in enumerate(layer_ranges) if e > cut.start]
+# --------------------------------------------------------------------------------------------------
+# DM: the same cut, read on the network's per-layer outputs (paper App. A.1)
+
+
+@dataclass(frozen=True)
+class FeatureSlice:
+    """Kept channels [first, channels) of one stage output (`features_by_layer` index `stage`)."""
+
+    stage: int
+    name: str
+    first: int
+    channels: int
+
+
+def kept_channels(cut: ParamCut, layout, stages: list[tuple[str, int, int]]) -> list[FeatureSlice]:
+    """DM's FIEM: the output channels the depth/layer cut leaves intact, per stage, shallow -> deep.
+
+    A stage's output channel j is produced first by row j of the stage's first weight tensor ([out, ...],
+    conv filters or linear rows, flattened row-major), which sits at flat positions [a + j*row, a + (j+1)*row)
+    before the stage's biases / norm parameters. Channel j is kept when that row lies wholly after the cut:
+    a + j*row >= cut.start. Stages before the cut keep nothing, stages after it keep everything, the stage
+    holding the cut keeps a suffix of its channels. `stages` = `ParamLayout.stage_ranges(model)` (logits last).
+    """
+    out = []
+    for i, (name, a, _) in enumerate(stages):
+        k = layout.offsets.index(a)
+        channels = int(layout.shapes[k][0])
+        row = layout.numels[k] // channels
+        first = 0 if cut.start <= a else -(-(cut.start - a) // row)
+        if first < channels:
+            out.append(FeatureSlice(i, name, first, channels))
+    return out
+
+
+def largest_feature_ratio(layout, stages: list[tuple[str, int, int]]) -> float:
+    """The largest depth ratio (4 decimals) whose cut still keeps one output channel (the last logit)."""
+    _, a, _ = stages[-1]
+    k = layout.offsets.index(a)
+    last_row = a + (int(layout.shapes[k][0]) - 1) * (layout.numels[k] // int(layout.shapes[k][0]))
+    r = math.floor((last_row + 1) / layout.total * 10_000) / 10_000
+    while math.floor(r * layout.total) > last_row:
+        r = round(r - 1e-4, 4)
+    return r
+
+
+def dm_feature_selection(model, mode: str, ratio: float,
+                         where: str = "distill.select.ratio") -> list[FeatureSlice] | None:
+    """What DM matches on `model` for FIEM (mode, ratio): None = plain DM (the final embedding, ratio 0);
+    otherwise the kept channels of every layer output (`kept_channels`). A ratio that keeps nothing is refused,
+    naming the largest ratio that still keeps something on this net."""
+    from padistill.nets import param_layout
+
+    if ratio == 0:
+        return None
+    layout = param_layout(model)
+    stages = layout.stage_ranges(model)
+    cut = param_cut(layout.total, ratio, mode, boundaries=[a for _, a, _ in layout.layer_ranges()])
+    kept = kept_channels(cut, layout, stages)
+    if not kept:
+        raise PadistillError(f"config: '{where}' {ratio} masks every output channel of this net for DM "
+                             f"({layout.total} parameters); the largest ratio that keeps one is "
+                             f"{largest_feature_ratio(layout, stages)}")
+    return kept

@@ -1,7 +1,5 @@
-"""Losses shared by the matchers, the student and the evaluation protocol (spec §3.4, §3.9).
+"""Trajectory-matching distances (spec §3.9); the classification losses live in `padistill.losses`.
 
-- `soft_cross_entropy`: mean over the batch of sum_k -log_softmax(logits)_k * softmax(target_logits)_k
-  (temperature 1), the loss DATM/PAD train students and evaluation networks with on learned labels.
 - `trajectory_distance`: the normalised matching loss  sum_K (theta_N - theta*_{t+M})^2 /
   sum_K (theta*_t - theta*_{t+M})^2  over a kept index set K (squared distances, as the reference
   computes it; the paper's eq. 2 shows un-squared norms). K = all for MTT/DATM, a FIEM selection for PAD.
@@ -10,25 +8,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from padistill.filters.params import ParamCut, select_by_loss
-
-
-def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    per_sample = -(F.log_softmax(logits, dim=1) * F.softmax(target_logits, dim=1)).sum(dim=1)
-    if reduction == "sum":
-        return per_sample.sum()
-    if reduction == "none":
-        return per_sample
-    return per_sample.mean()
-
-
-def label_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Soft CE for float targets (label logits), hard CE for integer class targets."""
-    if targets.dtype in (torch.int64, torch.int32):
-        return F.cross_entropy(logits, targets, reduction=reduction)
-    return soft_cross_entropy(logits, targets, reduction=reduction)
 
 
 def trajectory_distance(final: torch.Tensor, start: torch.Tensor, target: torch.Tensor,

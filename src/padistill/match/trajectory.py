@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from padistill.filters.params import ParamCut
-from padistill.match.losses import label_loss, per_layer_distance, trajectory_distance
+from padistill.losses import label_loss
+from padistill.match.losses import per_layer_distance, trajectory_distance
 from padistill.training import has_batch_statistics
 
 # Peak memory of the plain unroll over the graph `Student.step_graph_bytes` measures (x syn_steps): the double

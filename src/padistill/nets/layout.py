@@ -61,6 +61,24 @@ class ParamLayout:
     def __repr__(self) -> str:
         return f"ParamLayout({len(self.names)} tensors, total={self.total})"
 
+    def to_json(self) -> dict:
+        """{'names': [...], 'shapes': [[...], ...]}: the experts folder's layout.json."""
+        return {"names": list(self.names), "shapes": [list(s) for s in self.shapes]}
+
+    @classmethod
+    def from_json(cls, data: dict, where: str) -> ParamLayout:
+        """A layout read from a file (`to_json`'s format), validated; one-line errors naming `where`."""
+        try:
+            names = [str(n) for n in data["names"]]
+            shapes = [[int(d) for d in s] for s in data["shapes"]]
+        except (KeyError, TypeError, ValueError):
+            raise PadistillError(f"{where}: expected {{'names': [...], 'shapes': [[...], ...]}}") from None
+        if len(names) != len(shapes):
+            raise PadistillError(f"{where}: {len(names)} names but {len(shapes)} shapes")
+        if any(d < 0 for s in shapes for d in s):
+            raise PadistillError(f"{where}: negative dimension in a parameter shape")
+        return cls(names, shapes, tied=False)
+
     def __eq__(self, other) -> bool:
         return isinstance(other, ParamLayout) and (self.names, self.shapes) == (other.names, other.shapes)
 

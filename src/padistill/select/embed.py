@@ -85,7 +85,7 @@ def run_embed(cfg: Config, prepared, out_dir: str | Path, overwrite: bool = Fals
               show_progress: bool = True) -> Path:
     """Train (or reuse, or resume) the selection network in `out_dir`; returns the folder."""
     from padistill.context import build_net
-    from padistill.match.losses import label_loss
+    from padistill.losses import label_loss
     from padistill.training import accuracy, train_epoch
     from padistill.utils.allocator import tune_cpu_allocator
 

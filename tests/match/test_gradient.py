@@ -1,11 +1,11 @@
-"""DC / DM matchers and PAD's filters on them (issue 6; paper App. A.1)."""
+"""DC / DSA gradient matching and PAD's FIEM on it (paper App. A.1)."""
 
 import pytest
 import torch
 
 from helpers import tiny_config
 from padistill.filters.params import param_cut
-from padistill.match.feature import _ClassPools, build_feature_matcher, dc_distance
+from padistill.match.gradient import dc_distance
 from padistill.nets import build, param_layout
 
 
@@ -45,43 +45,54 @@ def test_dc_distance_matches_cosine_formula_without_cut():
     assert torch.allclose(dc_distance(a, b, offsets, None), expected)
 
 
-def test_pruned_samples_are_never_drawn(tiny_prepared):
-    p = tiny_prepared
-    from padistill.filters.schedule import prune_ordering
-
-    n = min(len(i) for i in p.class_indices())
-    ordering = torch.stack([idx[:n] for idx in p.class_indices()])
-    kept = prune_ordering(ordering, "hard", 0.5)
-    pools = _ClassPools(p, kept)
-    g = torch.Generator().manual_seed(0)
-    allowed = set(kept.reshape(-1).tolist())
-    for c in range(p.num_classes):
-        for _ in range(5):
-            batch = pools.batch(c, 40, g)
-            # identify drawn rows by exact image equality with the training set
-            idx = [int((p.x_train == b).flatten(1).all(1).nonzero()[0]) for b in batch]
-            assert set(idx) <= allowed
-
-
 @pytest.mark.parametrize("method", ["dc", "dm"])
 def test_feature_matchers_produce_image_gradients(tiny_prepared, method):
     cfg = tiny_config(f"distill.method={method}", "distill.outer_loop=2", "distill.inner_loop=1",
                       "distill.batch_real=16", "distill.select.ratio=0.3", "distill.image_init=real",
                       "distill.label_init=hard", "distill.learn_labels=false", "distill.learn_lr=false")
-    from padistill.augment import DSA
-    from padistill.context import build_net
+    import dataclasses
+
     from padistill.distill.init import init_images, init_labels
+    from padistill.distill.loop import build_step
     from padistill.distill.synset import SyntheticSet
 
-    net = build_net(tiny_prepared, seed=0)
-    cut = param_cut(param_layout(net).total, 0.3)
-    matcher = build_feature_matcher(cfg, tiny_prepared, DSA(), cut, log=lambda *_: None)
+    prepared = dataclasses.replace(tiny_prepared, config=cfg)
+    step = build_step(cfg, prepared, log=lambda *_: None)[0]
     images, _ = init_images(tiny_prepared, 2, "real", 0, log=lambda *_: None)
     syn = SyntheticSet(images, init_labels(tiny_prepared, images, 2, "hard"), 0.01, 10, cfg.distill)
     seen = []
-    info = matcher.step(0, syn, lambda grads: seen.append(grads) or "applied")
+    info = step(0, syn, lambda grads: seen.append(grads) or "applied")
     assert len(seen) == (2 if method == "dc" else 1)
     assert all(torch.isfinite(s["images"]).all() and s["images"].abs().sum() > 0 for s in seen)
     assert info["loss"] > 0
-    if method == "dm":
-        assert matcher.layer_names and "block1" not in matcher.layer_names  # 30% masks all of block 1
+    if method == "dm":  # 30 % masks all of block 1 of the 2-block net: block 2's kept channels and the logits
+        selection = step.keywords["selection"]
+        assert [s.name for s in selection] == ["block2", "classifier"] and selection[0].first > 0
+
+
+def test_dc_inner_network_uses_plain_sgd_at_net_lr_by_default(tiny_prepared, monkeypatch):
+    """The official DC code trains the inner network with SGD(lr_net), no momentum; momentum is an option."""
+    from padistill.distill.init import init_images, init_labels
+    from padistill.distill.loop import build_step
+    from padistill.distill.synset import SyntheticSet
+
+    made = []
+    real_sgd = torch.optim.SGD
+
+    class RecordingSGD(real_sgd):
+        def __init__(self, params, lr, momentum=0.0, **kw):
+            made.append((lr, momentum))
+            super().__init__(params, lr=lr, momentum=momentum, **kw)
+
+    monkeypatch.setattr(torch.optim, "SGD", RecordingSGD)
+    for extra, expected in (((), (0.02, 0.0)), (("distill.net_momentum=0.5",), (0.02, 0.5))):
+        made.clear()
+        cfg = tiny_config("distill.method=dc", "distill.outer_loop=2", "distill.inner_loop=1", "distill.net_lr=0.02",
+                          "distill.batch_real=8", "distill.image_init=real", "distill.label_init=hard",
+                          "distill.learn_labels=false", "distill.learn_lr=false", *extra)
+        step = build_step(cfg, tiny_prepared, log=lambda *_: None)[0]
+        images, _ = init_images(tiny_prepared, 2, "real", 0, log=lambda *_: None)
+        syn = SyntheticSet(images, init_labels(tiny_prepared, images, 2, "hard"), 0.01, 10, cfg.distill)
+        made.clear()  # the synthetic set's own optimisers
+        step(0, syn, lambda g: "applied")
+        assert made == [expected]
