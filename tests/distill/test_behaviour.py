@@ -26,7 +26,7 @@ def test_a_tm_update_lowers_the_matching_loss_of_its_batch(tmp_path, tiny_prepar
     """Gradient DEscent: one iteration of `run_distill`, then the same iteration (same expert, start epoch,
     mini-batches and DSA draws: all drawn from (seed, iteration)) evaluated again on the result has a lower loss.
     One tensor learns at a time, with a small step, so a flipped sign in any of the three updates shows."""
-    from padistill.distill.loop import _build_matcher, _initial_set
+    from padistill.distill.loop import _initial_set, build_step
     from padistill.distill.synset import SyntheticSet
 
     lrs = {"images": "distill.lr_images=1", "labels": "distill.lr_labels=1", "lr": "distill.lr_lr=1e-4"}
@@ -36,14 +36,14 @@ def test_a_tm_update_lowers_the_matching_loss_of_its_batch(tmp_path, tiny_prepar
     out = run_distill(cfg, tiny_prepared, tmp_path / "d", experts_dir=tiny_experts, **QUIET)
 
     C = tiny_prepared.num_classes
-    matcher, model, layout, store = _build_matcher(cfg, tiny_prepared, tiny_experts, None, C * 2, 0, 1, QUIET["log"])
+    step, model, layout, store = build_step(cfg, tiny_prepared, tiny_experts, None, C * 2, 0, 1, QUIET["log"])
     before_set = _initial_set(cfg, tiny_prepared, model, layout, store, QUIET["log"])
     after_set = SyntheticSet(load_tensors(out / "images.pt"), load_tensors(out / "labels.pt"),
                              float(load_tensors(out / "lr.pt")), C, cfg.distill)
     moved = {"images": before_set.images, "labels": before_set.labels, "lr": before_set.syn_lr}[learned]
     assert not torch.equal(moved.detach(), after_set.tensors[learned].detach())  # the learned tensor did move
-    before = matcher.step(0, before_set, _skip)["loss"]
-    after = matcher.step(0, after_set, _skip)["loss"]
+    before = step(0, before_set, _skip)["loss"]
+    after = step(0, after_set, _skip)["loss"]
     assert math.isfinite(before) and after < before, (before, after)
 
 
