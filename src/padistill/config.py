@@ -584,11 +584,44 @@ def validate(cfg: Config) -> Config:
     if cfg.eval.lr is not None and not cfg.eval.lr > 0:
         raise PadistillError(f"config: 'eval.lr' must be > 0 or null; got {cfg.eval.lr}")
     if d.method == "sre2l" or cfg.eval.protocol == "sre2l":
-        from padistill.sre2l.settings import validate_sre2l
-
-        validate_sre2l(cfg)
+        _validate_sre2l(cfg)
     _validate_select(cfg.select)
     return cfg
+
+
+def _validate_sre2l(cfg: Config) -> None:
+    """The `sre2l:` section (and distill.ipc against the recover budget, see sre2l.settings.recover_ipc)."""
+    s, d = cfg.sre2l, cfg.distill
+    for k in ("squeeze_epochs", "squeeze_batch", "iterations"):
+        if getattr(s, k) < 1:
+            raise PadistillError(f"config: 'sre2l.{k}' must be >= 1; got {getattr(s, k)}")
+    for k in ("squeeze_warmup", "eval_warmup", "jitter", "bn_weight", "first_bn_weight", "squeeze_weight_decay",
+              "eval_weight_decay"):
+        if getattr(s, k) < 0:
+            raise PadistillError(f"config: 'sre2l.{k}' must be >= 0; got {getattr(s, k)}")
+    for k in ("squeeze_lr", "lr", "eval_lr", "temperature", "mixup_alpha"):
+        if not getattr(s, k) > 0:
+            raise PadistillError(f"config: 'sre2l.{k}' must be > 0; got {getattr(s, k)}")
+    if not 0.0 <= s.squeeze_momentum < 1.0:
+        raise PadistillError(f"config: 'sre2l.squeeze_momentum' must be in [0, 1); got {s.squeeze_momentum}")
+    if s.squeeze_warmup >= s.squeeze_epochs:
+        raise PadistillError("config: 'sre2l.squeeze_warmup' must be < 'sre2l.squeeze_epochs'")
+    if s.recover_ipc is not None and s.recover_ipc < 1:
+        raise PadistillError(f"config: 'sre2l.recover_ipc' must be >= 1 or null; got {s.recover_ipc}")
+    if s.recover_batch is not None and s.recover_batch < 1:
+        raise PadistillError(f"config: 'sre2l.recover_batch' must be >= 1 or null; got {s.recover_batch}")
+    budget = s.recover_ipc if s.recover_ipc is not None else d.ipc
+    if d.method == "sre2l":
+        if d.ipc > budget:
+            raise PadistillError(f"config: 'distill.ipc' {d.ipc} exceeds 'sre2l.recover_ipc' {budget} "
+                                 "(the images recovered per class); raise sre2l.recover_ipc")
+        if cfg.data.preprocess not in ("normalize", "none"):
+            raise PadistillError(f"config: SRe2L recovers images in a per-channel model space; 'data.preprocess' "
+                                 f"must be normalize or none, got {cfg.data.preprocess!r}")
+        if s.bn_stats == "subset" and (d.prune.mode == "none" or d.prune.ratio <= 0):
+            raise PadistillError("config: 'sre2l.bn_stats' subset re-estimates BN statistics on the FIEX-kept "
+                                 "subset, which 'distill.prune.mode' (hard | easy) and 'distill.prune.ratio' > 0 "
+                                 "define; set them or use bn_stats teacher")
 
 
 def _validate_select(sc: SelectConfig) -> None:

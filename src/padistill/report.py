@@ -17,9 +17,7 @@ Matplotlib is imported only when a figure is drawn, and draws on a bare `Figure`
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from pathlib import Path
@@ -27,7 +25,13 @@ from pathlib import Path
 import torch
 
 from padistill.errors import PadistillError
-from padistill.utils.io import atomic_write_bytes, atomic_write_text
+from padistill.utils.io import atomic_write_text
+from padistill.utils.page import CSS
+from padistill.utils.page import embed as _embed
+from padistill.utils.page import img as _img
+from padistill.utils.page import missing as _missing
+from padistill.utils.page import new_figure as _new_figure
+from padistill.utils.page import png as _png
 
 STAGES = ("scores", "experts", "squeeze", "distill", "recover", "eval")
 
@@ -48,21 +52,6 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ figures
-
-
-def _new_figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def _png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 def _smooth(values: list[float], window: int) -> list[float]:
@@ -181,22 +170,6 @@ def label_figure(stats: dict) -> bytes | None:
 # ------------------------------------------------------------------------------------------ page
 
 
-def _embed(data: bytes, alt: str) -> str:
-    b64 = base64.b64encode(data).decode("ascii")
-    return f'<img src="data:image/png;base64,{b64}" alt="{html.escape(alt)}">'
-
-
-def _img(data: bytes, name: str, out: Path, alt: str, written: list[str]) -> str:
-    """Write the PNG beside the page and embed it (the page stays self-contained)."""
-    atomic_write_bytes(out / name, data)
-    written.append(name)
-    return _embed(data, alt)
-
-
-def _missing(text: str) -> str:
-    return f'<p class="missing">{html.escape(text)}</p>'
-
-
 def _grid(images: torch.Tensor, pre, ipc: int, path: Path) -> bytes:
     """De-whitened grid, one row per class; tiny images (digits: 8 px) are enlarged for viewing."""
     from padistill.artifacts import save_grid
@@ -258,14 +231,6 @@ def _manifest_html(root: Path, distill: Path | None, eval_dir: Path) -> str:
     ver = "".join(f"<li>{html.escape(k)}: {html.escape(str(v))}</li>" for k, v in (versions or {}).items())
     return ("<table><tr><th>stage</th><th>status</th><th>created</th><th>updated</th><th>details</th></tr>"
             + "".join(rows) + f"</table><p>Versions:</p><ul>{ver}</ul>")
-
-
-CSS = """body{font-family:sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:2em}
-table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-td:first-child,th:first-child{text-align:left}tr.gain td{font-weight:bold;background:#f3f8f3}
-.missing{color:#a33;font-style:italic}pre{background:#f6f6f6;padding:.6em;overflow:auto;font-size:.8em}
-img{max-width:100%;image-rendering:pixelated}"""
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:

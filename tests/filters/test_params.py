@@ -63,8 +63,8 @@ def test_ratio_outside_zero_one_is_refused(ratio):
 
 
 def test_unknown_mode_and_layer_without_boundaries_are_refused():
-    with pytest.raises(PadistillError, match="select.mode must be depth, layer or loss; got 'deep'"):
-        param_cut(P, 0.1, "deep")
+    with pytest.raises(PadistillError, match="select.mode must be depth, layer, loss or deep; got 'shallow'"):
+        param_cut(P, 0.1, "shallow")
     with pytest.raises(PadistillError, match="^select.mode 'layer' needs the layer boundaries of the network$"):
         param_cut(P, 0.1, "layer")
 

@@ -36,6 +36,16 @@ def _file_hashes(folder: Path, names) -> dict:
     return {n: sha256_file(folder / n) for n in names if (folder / n).is_file()}
 
 
+def eval_settings(ec) -> dict:
+    """The evaluation settings hashed into the eval stage's key (speed-only fields left out; the protocol field only
+    when it is not the paper's, so the keys of existing tm evaluations stay what they were). The sweep predicts
+    eval keys with it."""
+    settings = {"eval": {k: v for k, v in to_dict(ec).items() if k not in ("microbatch", "test_batch")}}
+    if ec.protocol == "tm":
+        settings["eval"].pop("protocol")
+    return settings
+
+
 def run_eval(run_dir: str | Path, overrides=(), nets=None, runs: int | None = None, epochs: int | None = None,
              device: str | None = None, data_root: str | None = None, baseline: bool | None = None,
              out: str | Path | None = None, log=print, show_progress: bool = True, prepared=None,
@@ -125,13 +135,11 @@ def run_eval(run_dir: str | Path, overrides=(), nets=None, runs: int | None = No
         out = folder / "eval" if manifest["stage"] == "select" else folder.parent / "eval"
     out = Path(out)
     protocol = Protocol.from_config(ec, sre2l=cfg.sre2l)
-    settings = {"eval": {k: v for k, v in to_dict(ec).items() if k not in ("microbatch", "test_batch")}}
+    settings = eval_settings(ec)
     inputs = {"data": prepared.fingerprint(), "set": _file_hashes(folder, hashed)}
     if teacher is not None:
         inputs["teacher"] = teacher.name
-    if ec.protocol == "tm":
-        settings["eval"].pop("protocol")  # the keys of existing tm evaluations stay what they were
-    else:
+    if ec.protocol != "tm":
         settings["relabel"] = protocol.relabel.settings()
         settings["ipc"] = cfg.distill.ipc
         inputs["teacher"] = teacher_info["key"]

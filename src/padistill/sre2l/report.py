@@ -24,7 +24,8 @@ def recover_records(folder: Path) -> list[dict]:
 
 def bn_loss_figure(records: list[dict]) -> bytes | None:
     """BN term and CE against the iteration: thin lines per IPC index, the mean over indices bold."""
-    from padistill.report import _new_figure, _png
+    from padistill.utils.page import new_figure as _new_figure
+    from padistill.utils.page import png as _png
 
     if not records:
         return None
@@ -48,8 +49,9 @@ def bn_loss_figure(records: list[dict]) -> bytes | None:
 
 
 def recover_html(folder: Path, out: Path, written: list[str]) -> str:
-    from padistill.report import _img, _missing
     from padistill.utils.manifest import read_manifest
+    from padistill.utils.page import img as _img
+    from padistill.utils.page import missing as _missing
 
     parts = ["<h2>Recover: BN-statistics matching</h2>"]
     fig = bn_loss_figure(recover_records(folder))

@@ -154,15 +154,18 @@ def stage_key(stage: str, settings: dict, inputs: dict, seed: int) -> str:
 
 
 def eval_settings(cfg: Config) -> dict:
-    """What `padistill eval` hashes into its key (evaluate/stage.py: run_eval)."""
-    return {"eval": {k: v for k, v in to_dict(cfg.eval).items() if k not in ("microbatch", "test_batch")}}
+    """What `padistill eval` hashes into its key (one owner: evaluate.stage.eval_settings)."""
+    from padistill.evaluate.stage import eval_settings as settings
+
+    return settings(cfg.eval)
 
 
 def eval_key(cfg: Config, fingerprint: str, distill_dir: Path) -> str | None:
-    """The key `run_eval` will give the evaluation of `distill_dir` with `cfg` (None: not predictable, KD)."""
+    """The key `run_eval` will give the evaluation of `distill_dir` with `cfg` (None: not predictable: KD, or the
+    SRe2L protocol, whose key holds its teacher's)."""
     from padistill.evaluate.stage import _file_hashes
 
-    if cfg.eval.kd_teacher:
+    if cfg.eval.kd_teacher or cfg.eval.protocol != "tm":
         return None
     hashed = ["images.pt", "labels.pt", "lr.pt", "preprocess.pt"]
     if (distill_dir / "best_images.pt").is_file():

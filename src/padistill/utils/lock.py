@@ -13,6 +13,7 @@ On systems without `fcntl` (Windows) there is no lock and a warning-free no-op i
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -54,25 +55,40 @@ def _holder(path: Path) -> str:
 
 
 def acquire(folder: str | Path, stage: str = "stage") -> None:
-    """Take the write lock of `folder` (created if needed) or raise PadistillError naming the holder."""
+    """Take the write lock of `folder` (created if needed) or raise PadistillError naming the holder.
+
+    The holder's description is written by `record()` once the caller knows it will write (a reused, complete
+    folder is left untouched)."""
     folder = Path(folder)
     key = _key(folder)
     if fcntl is None or key in _held:
         return
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a read-only folder (e.g. a finished run shared read-only): nobody can write it anyway
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         raise PadistillError(f"{folder}: another process is writing this {stage} folder ({_holder(path)}); "
                              "wait for it to finish or stop it (a killed holder releases the lock at once)") from None
+    _held[key] = fd
+
+
+def record(folder: str | Path) -> None:
+    """Write who holds the lock of `folder` into its lock file (read by a refused second writer)."""
+    fd = _held.get(_key(Path(folder)))
+    if fd is None:
+        return
     info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
-    _held[key] = fd
 
 
 def release(folder: str | Path) -> None:

@@ -110,6 +110,7 @@ class StageDir:
         if st == "complete":
             lock.release(self.path)
             return st
+        lock.record(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(self.path)  # half-written files of a killed run (never renamed into place)
         if st in ("missing", "different"):
