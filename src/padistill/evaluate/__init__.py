@@ -15,7 +15,6 @@ from padistill.evaluate.api import cross_arch, evaluate_set, net_options, train_
 from padistill.evaluate.protocol import (
     EvalResult,
     Protocol,
-    Teacher,
     decay_epoch,
     evaluate,
     lr_schedule,
@@ -25,6 +24,7 @@ from padistill.evaluate.protocol import (
 from padistill.evaluate.sets import EvalSet, check_space, load_teacher, random_subset
 from padistill.evaluate.stage import run_eval
 from padistill.evaluate.table import EvalTable
+from padistill.evaluate.teacher import Teacher
 from padistill.losses import kd_loss
 
 __all__ = [

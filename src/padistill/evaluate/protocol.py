@@ -35,8 +35,9 @@ import torch
 from torch import nn
 
 from padistill.errors import PadistillError
+from padistill.evaluate.teacher import Teacher
 from padistill.losses import kd_loss, label_loss
-from padistill.training import accuracy, chunks, has_batch_statistics, train_epoch
+from padistill.training import accuracy, has_batch_statistics, train_epoch
 from padistill.utils.rng import derive_seed, generator
 
 DECAY_FACTOR = 0.1  # lr multiplier at the decay (reference: lr *= 0.1)
@@ -170,27 +171,6 @@ def training_targets(labels: torch.Tensor, soft_labels: bool) -> torch.Tensor:
     if labels.ndim != 1:
         raise PadistillError(f"eval: integer labels must be classes [N]; got shape {list(labels.shape)}")
     return labels.long()
-
-
-class Teacher:
-    """A frozen network whose logits become the targets of knowledge distillation.
-
-    `batch_stats`: run it in train mode (batch statistics) — needed for BatchNorm teachers whose running
-    statistics were never stored (expert trajectories hold parameters only)."""
-
-    def __init__(self, model: nn.Module, batch_stats: bool = False, chunk: int = 256, name: str = "teacher"):
-        self.model = model
-        self.batch_stats = batch_stats
-        self.chunk = chunk
-        self.name = name
-        for p in model.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.model.train(self.batch_stats)
-        size = None if self.batch_stats else self.chunk  # batch statistics need the whole batch at once
-        return torch.cat([self.model(x[a:b]) for a, b in chunks(len(x), size)])
 
 
 # ------------------------------------------------------------------------------------------ one run

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from padistill.errors import PadistillError
-from padistill.evaluate.protocol import Teacher
+from padistill.evaluate.teacher import Teacher
 from padistill.training import has_batch_statistics
 from padistill.utils.rng import generator
 

@@ -134,8 +134,8 @@ def relabel_sets(folder, syn, prepared, cfg, log=print):
     subset of the same size, both relabelled by the teacher. Returns (sets, teacher info)."""
     from pathlib import Path
 
-    from padistill.evaluate.protocol import Teacher
     from padistill.evaluate.sets import EvalSet, random_subset
+    from padistill.evaluate.teacher import Teacher
     from padistill.sre2l.squeeze import load_squeezed
 
     ipc = cfg.distill.ipc

@@ -18,6 +18,7 @@ data or with another dataset's ZCA. The test split is used once per network, at 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from pathlib import Path
 
@@ -34,6 +35,15 @@ from padistill.utils.manifest import StageDir
 
 def _file_hashes(folder: Path, names) -> dict:
     return {n: sha256_file(folder / n) for n in names if (folder / n).is_file()}
+
+
+def full_data_note(cfg, n: int) -> str:
+    """What the evaluation protocol means for the whole training split (the full-data bound)."""
+    e = cfg.eval
+    steps = (e.epochs + 1) * math.ceil(n / e.batch)
+    return (f"full-data bound: the protocol trains {e.epochs + 1} epochs (eval.epochs={e.epochs}, lr x0.1 after "
+            f"epoch {e.epochs // 2 + 1}) over all {n} images, {steps} SGD steps of batch {e.batch} per network; "
+            "`padistill eval --epochs E` sets another E for this bound")
 
 
 def eval_settings(ec) -> dict:
@@ -95,8 +105,6 @@ def run_eval(run_dir: str | Path, overrides=(), nets=None, runs: int | None = No
         sets[0].description = (f"{syn.ipc} real training image(s) per class chosen by `padistill select --method "
                                f"{manifest.get('method')}`, hard labels, lr {syn_lr:.4g}")
         if manifest.get("method") == "full":
-            from padistill.select.stage import full_data_note
-
             log("eval: " + full_data_note(cfg, syn.images.shape[0]))
     hashed = ["images.pt", "labels.pt", "lr.pt", "preprocess.pt"]
     if (folder / "best_images.pt").is_file():

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
+import padistill.select.methods as M
 from padistill.config import Config, dump_yaml, to_dict
 from padistill.errors import PadistillError
-from padistill.select import methods as M
 from padistill.utils.io import atomic_save, load_tensors, require_tensor
 from padistill.utils.manifest import StageDir, require_complete
 from padistill.utils.rng import generator
@@ -218,6 +218,8 @@ def run_select(cfg: Config, prepared, out_dir: str | Path, embed_dir: str | Path
         extra["selection_net"] = {k: embed_manifest["settings"].get(k) for k in ("net", "epochs", "lr")}
         extra["selection_net"]["test_acc"] = embed_manifest.get("test_acc")
     if s.method == "full":
+        from padistill.evaluate.stage import full_data_note
+
         extra["full_data"] = full_data_note(cfg, len(picks))
         log("select: " + extra["full_data"])
     stage.complete(outputs, **extra)
@@ -230,12 +232,3 @@ def _is_complete(folder, stage: str) -> bool:
 
     m = read_manifest(folder) if Path(folder).is_dir() else None
     return m is not None and m.get("stage") == stage and m.get("status") == "complete"
-
-
-def full_data_note(cfg: Config, n: int) -> str:
-    """What the evaluation protocol means for the whole training split (the full-data bound)."""
-    e = cfg.eval
-    steps = (e.epochs + 1) * math.ceil(n / e.batch)
-    return (f"full-data bound: the protocol trains {e.epochs + 1} epochs (eval.epochs={e.epochs}, lr x0.1 after "
-            f"epoch {e.epochs // 2 + 1}) over all {n} images, {steps} SGD steps of batch {e.batch} per network; "
-            "`padistill eval --epochs E` sets another E for this bound")
