@@ -96,3 +96,26 @@ def test_dc_inner_network_uses_plain_sgd_at_net_lr_by_default(tiny_prepared, mon
         made.clear()  # the synthetic set's own optimisers
         step(0, syn, lambda g: "applied")
         assert made == [expected]
+
+
+def test_dc_trains_its_inner_network_between_outer_loops(tiny_prepared):
+    """DC alternates: an image update, then `inner_loop` epochs of the network on the synthetic set. The first outer
+    loop cannot depend on inner_loop; the second must (a DC that never trains its network would give the same)."""
+    from padistill.distill.init import init_images, init_labels
+    from padistill.distill.loop import build_step
+    from padistill.distill.synset import SyntheticSet
+
+    def grads(inner):
+        cfg = tiny_config("distill.method=dc", "distill.outer_loop=2", f"distill.inner_loop={inner}",
+                          "distill.batch_real=8", "distill.image_init=real", "distill.label_init=hard",
+                          "distill.learn_labels=false", "distill.learn_lr=false")
+        step = build_step(cfg, tiny_prepared, log=lambda *_: None)[0]
+        images, _ = init_images(tiny_prepared, 2, "real", 0, log=lambda *_: None)
+        syn = SyntheticSet(images, init_labels(tiny_prepared, images, 2, "hard"), 0.01, 10, cfg.distill)
+        seen = []
+        step(0, syn, lambda g: seen.append(g["images"].clone()) or "applied")
+        return seen
+
+    untrained, trained = grads(0), grads(3)
+    assert torch.equal(untrained[0], trained[0])
+    assert not torch.allclose(untrained[1], trained[1])
