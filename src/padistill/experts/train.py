@@ -172,11 +172,13 @@ def train_expert(cfg: Config, prepared, k: int, out: Path, ordering: torch.Tenso
             raise PadistillError(f"experts: expert {k} diverged at epoch {epoch + 1} (non-finite parameters or loss); "
                                  "lower experts.lr")
         history.append(rec)
+        # the log line first: a kill between the two then replays the epoch (its line is written again, the last one
+        # wins) instead of losing its wall time, which only this log keeps
+        with open(metrics_path, "a", encoding="utf-8") as f:  # monitoring log; rebuilt from the meta at the end
+            f.write(json.dumps(rec) + "\n")
         if not last:  # the finished expert file replaces the partial state
             atomic_save({"epoch": epoch + 1, "params": params[: epoch + 2].clone(), "model": model.state_dict(),
                          "optimizer": opt.state_dict(), "generator": g.get_state(), "history": history}, ppath)
-        with open(metrics_path, "a", encoding="utf-8") as f:  # monitoring log; rebuilt from the meta at the end
-            f.write(json.dumps(rec) + "\n")
         bar.set_postfix(n=stats["samples"], loss=f"{stats['loss']:.3f}",
                         test="-" if test_acc is None else f"{test_acc:.3f}", refresh=False)
     bar.close()
