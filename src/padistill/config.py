@@ -334,28 +334,42 @@ def presets_dir() -> Path:
     return Path(str(resources.files("padistill") / "configs"))
 
 
-def list_presets() -> list[str]:
-    root = presets_dir()
+def yaml_names(root: Path) -> list[str]:
+    """The YAML files under `root`, named by their path relative to it without the suffix (preset names)."""
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
 
 
-def preset_path(name: str) -> Path:
-    path = presets_dir() / f"{name}.yaml"
+def named_yaml(root: Path, name: str, what: str, listing: str) -> Path:
+    """`root/<name>.yaml`, or a one-line error suggesting close names (`what`: 'preset', 'sweep preset')."""
+    path = root / f"{name}.yaml"
     if not path.is_file():
-        close = difflib.get_close_matches(name, list_presets(), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else " (see `padistill list presets`)"
-        raise PadistillError(f"unknown preset '{name}'{hint}")
+        close = difflib.get_close_matches(name, yaml_names(root), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else f" (see `{listing}`)"
+        raise PadistillError(f"unknown {what} '{name}'{hint}")
     return path
 
 
-def preset_header(name: str) -> str:
-    """The leading comment block of a preset file (command and paper number)."""
+def comment_header(path: Path) -> str:
+    """The leading comment block of a YAML file (a preset's command and paper number)."""
     lines = []
-    for line in preset_path(name).read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         if not line.startswith("#"):
             break
         lines.append(line.lstrip("# ").rstrip())
     return "\n".join(lines)
+
+
+def list_presets() -> list[str]:
+    return yaml_names(presets_dir())
+
+
+def preset_path(name: str) -> Path:
+    return named_yaml(presets_dir(), name, "preset", "padistill list presets")
+
+
+def preset_header(name: str) -> str:
+    """The leading comment block of a preset file (command and paper number)."""
+    return comment_header(preset_path(name))
 
 
 def _resolve_base(base: str, current: Path) -> Path:

@@ -31,7 +31,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from padistill.config import Config, _apply, _load_layers, parse_override, preset_path, validate
+from padistill.config import (
+    Config,
+    _apply,
+    _load_layers,
+    comment_header,
+    named_yaml,
+    parse_override,
+    preset_path,
+    validate,
+    yaml_names,
+)
 from padistill.errors import PadistillError
 
 TOP_KEYS = ("base", "name", "set", "cells", "grid", "baseline", "distill_seeds", "random_baseline")
@@ -43,28 +53,15 @@ def presets_root() -> Path:
 
 
 def list_sweep_presets() -> list[str]:
-    root = presets_root()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return yaml_names(presets_root())
 
 
 def sweep_preset_path(name: str) -> Path:
-    path = presets_root() / f"{name}.yaml"
-    if not path.is_file():
-        import difflib
-
-        close = difflib.get_close_matches(name, list_sweep_presets(), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else " (see `padistill sweep --list`)"
-        raise PadistillError(f"unknown sweep preset '{name}'{hint}")
-    return path
+    return named_yaml(presets_root(), name, "sweep preset", "padistill sweep --list")
 
 
 def sweep_preset_header(path: Path) -> str:
-    lines = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.startswith("#"):
-            break
-        lines.append(line.lstrip("# ").rstrip())
-    return "\n".join(lines)
+    return comment_header(path)
 
 
 @dataclass
