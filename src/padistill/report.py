@@ -26,8 +26,8 @@ import torch
 
 from padistill.errors import PadistillError
 from padistill.utils.io import atomic_write_text
-from padistill.utils.page import CSS
 from padistill.utils.page import embed as _embed
+from padistill.utils.page import html_page
 from padistill.utils.page import img as _img
 from padistill.utils.page import missing as _missing
 from padistill.utils.page import new_figure as _new_figure
@@ -341,10 +341,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     parts.append(f"<h3>Config</h3><pre>{html.escape(config_text)}</pre>" if config_text else
                  _missing("No config.yaml found."))
 
-    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>padistill report: "
-            f"{html.escape(str(title))}</title><style>{CSS}</style></head><body>\n"
-            f"<h1>padistill report: {html.escape(str(title))}</h1><p><code>{html.escape(str(root))}</code></p>\n"
-            + "\n".join(parts) + "\n</body></html>\n")
+    page = html_page(f"padistill report: {title}", f"<p><code>{html.escape(str(root))}</code></p>", parts)
     index = out / "index.html"
     atomic_write_text(index, page)
     return index

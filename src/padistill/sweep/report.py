@@ -14,8 +14,9 @@ import json
 import math
 from pathlib import Path
 
-from padistill.report import CSS, _embed, _grid, _missing, _new_figure, _png
+from padistill.report import _embed, _grid, _missing, _new_figure, _png
 from padistill.utils.io import atomic_write_bytes, atomic_write_text
+from padistill.utils.page import html_page
 
 
 def _number(v) -> float | None:
@@ -128,11 +129,9 @@ def build_sweep_report(root: str | Path) -> Path:
     overrides = "".join(f"<tr><td>{html.escape(r['cell'])}</td><td><code>{html.escape(json.dumps(r['overrides']))}"
                         f"</code></td></tr>" for r in results.get("cells", []))
     parts.append(f"<h2>Cells</h2><table><tr><th>cell</th><th>overrides</th></tr>{overrides}</table>")
-    title = html.escape(str(results.get("sweep", root.name)))
-    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>padistill sweep: {title}</title>"
-            f"<style>{CSS}</style></head><body>\n<h1>padistill sweep: {title}</h1><p><code>{html.escape(str(root))}"
-            f"</code> from <code>{html.escape(str(results.get('source', '')))}</code></p>\n"
-            + "\n".join(parts) + "\n</body></html>\n")
+    page = html_page(f"padistill sweep: {results.get('sweep', root.name)}",
+                     f"<p><code>{html.escape(str(root))}</code> from "
+                     f"<code>{html.escape(str(results.get('source', '')))}</code></p>", parts)
     index = out / "index.html"
     atomic_write_text(index, page)
     return index

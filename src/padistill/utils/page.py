@@ -49,3 +49,10 @@ table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;paddin
 td:first-child,th:first-child{text-align:left}tr.gain td{font-weight:bold;background:#f3f8f3}
 .missing{color:#a33;font-style:italic}pre{background:#f6f6f6;padding:.6em;overflow:auto;font-size:.8em}
 img{max-width:100%;image-rendering:pixelated}"""
+
+
+def html_page(title: str, intro: str, parts: list[str]) -> str:
+    """A whole self-contained page: `title` (escaped here) as <title> and <h1>, then `intro` and `parts` (HTML)."""
+    t = html.escape(title)
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title><style>{CSS}</style></head>"
+            f"<body>\n<h1>{t}</h1>{intro}\n" + "\n".join(parts) + "\n</body></html>\n")
