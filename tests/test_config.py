@@ -98,3 +98,16 @@ def test_round_trip_through_yaml():
 
     cfg = load_config(preset="datm/cifar100-ipc50")
     assert to_dict(from_dict(yaml.safe_load(dump_yaml(cfg)))) == to_dict(cfg)
+
+
+def test_gradual_removal_needs_a_ramp_and_experts_prune_is_checked():
+    from padistill.config import load_config
+
+    with pytest.raises(PadistillError, match="rm_epoch_second must be > rm_epoch_first"):
+        load_config(preset="pad/cifar10-ipc10", overrides=["experts.schedule.removal=gradual",
+                                                           "experts.schedule.rm_epoch_second=40"])
+    with pytest.raises(PadistillError, match="'experts.schedule.removal' must be one of"):
+        load_config(preset="pad/cifar10-ipc10", overrides=["experts.schedule.removal=slow"])
+    with pytest.raises(PadistillError, match="'experts.prune.ratio' must be < 1"):
+        load_config(preset="datm/cifar10-ipc10", overrides=["experts.prune.mode=hard", "experts.prune.ratio=1"])
+    assert load_config(preset="pad/cifar10-ipc10", overrides=["experts.schedule.removal=gradual"])

@@ -74,6 +74,15 @@ class ScheduleConfig:
     rm_easy_ratio_first: float = 0.1
     rm_epoch_second: int = 60  # R2: after this epoch drop the easiest rm_easy_ratio_second (total)
     rm_easy_ratio_second: float = 0.2
+    removal: str = "oneshot"  # oneshot (paper) | gradual (App. A.2's alternative: the share ramps from R1 to R2)
+
+
+@dataclass
+class PruneConfig:
+    """FIEX for DC/DM (paper App. A.1): statically remove hard (small IPC) or easy (large IPC) samples."""
+
+    mode: str = "none"  # none | hard | easy
+    ratio: float = 0.0
 
 
 @dataclass
@@ -91,6 +100,9 @@ class ExpertsConfig:
     augment: bool = True  # DSA on every batch
     microbatch: int = 64  # forward/backward in chunks of this size (cache-friendly on CPU; same gradient)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # static FIEX for the experts (Fig. 2's TM panel): remove the hardest / easiest share of every class for all
+    # epochs, before the scheduler (if on) sees the ordering; needs a scores folder like the scheduler
+    prune: PruneConfig = field(default_factory=PruneConfig)
     save_dtype: str = "float32"  # float32 | float16 (halves the buffer size)
     eval_every: int = 1  # test accuracy logged every N epochs (0 = never)
 
@@ -101,14 +113,6 @@ class ParamSelectConfig:
 
     mode: str = "depth"  # depth (paper) | layer (whole shallow layers) | loss (published code) | deep (Table 5b)
     ratio: float = 0.0  # alpha: share of parameters dropped from the shallow end (0 = match all)
-
-
-@dataclass
-class PruneConfig:
-    """FIEX for DC/DM (paper App. A.1): statically remove hard (small IPC) or easy (large IPC) samples."""
-
-    mode: str = "none"  # none | hard | easy
-    ratio: float = 0.0
 
 
 @dataclass
@@ -274,6 +278,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "distill.label_init": ("soft", "expert", "hard"),
     "distill.select.mode": ("depth", "layer", "loss", "deep"),
     "distill.prune.mode": ("none", "hard", "easy"),
+    "experts.prune.mode": ("none", "hard", "easy"),
+    "experts.schedule.removal": ("oneshot", "gradual"),
     "eval.protocol": ("tm", "sre2l"),
     "sre2l.bn_stats": ("teacher", "subset"),
     "sre2l.storage": ("float", "uint8"),
@@ -561,11 +567,23 @@ def validate(cfg: Config) -> Config:
         raise PadistillError(f"config: 'distill.label_model_epoch' must be >= 0 or -1 (the last); got "
                              f"{d.label_model_epoch}")
     for k, v in {"distill.select.ratio": d.select.ratio, "distill.prune.ratio": d.prune.ratio,
+                 "experts.prune.ratio": e.prune.ratio,
                  "experts.schedule.init_ratio": e.schedule.init_ratio,
                  "experts.schedule.rm_easy_ratio_first": e.schedule.rm_easy_ratio_first,
                  "experts.schedule.rm_easy_ratio_second": e.schedule.rm_easy_ratio_second}.items():
         if not 0.0 <= v <= 1.0:
             raise PadistillError(f"config: '{k}' must be in [0, 1]; got {v}")
+    sch = e.schedule
+    if sch.enabled and sch.removal == "gradual" and sch.rm_epoch_second <= sch.rm_epoch_first:
+        raise PadistillError("config: 'experts.schedule.removal' gradual ramps from rm_epoch_first to rm_epoch_second, "
+                             f"so rm_epoch_second must be > rm_epoch_first; got {e.schedule.rm_epoch_first} and "
+                             f"{e.schedule.rm_epoch_second}")
+    if e.prune.mode != "none" and e.prune.ratio > 0 and d.method != "tm":
+        raise PadistillError(f"config: 'experts.prune' applies to trajectory matching's experts only; for "
+                             f"distill.method {d.method} use 'distill.prune' (DC/DM) or 'experts.schedule' (SRe2L)")
+    if e.prune.mode != "none" and e.prune.ratio >= 1.0:
+        raise PadistillError(f"config: 'experts.prune.ratio' must be < 1 (something must be trained on); got "
+                             f"{e.prune.ratio}")
     if d.select.ratio >= 1.0:
         raise PadistillError("config: 'distill.select.ratio' must be < 1 (something must be matched)")
     if d.method == "tm":

@@ -26,7 +26,9 @@ def needs_scores(cfg) -> bool:
     if cfg.distill.method == "sre2l":  # FIEX teacher (the experts' scheduler) or BN targets on the kept subset
         return cfg.experts.schedule.enabled or cfg.sre2l.bn_stats == "subset"
     if cfg.distill.method == "tm":
-        return cfg.experts.schedule.enabled
+        from padistill.experts.train import uses_scores
+
+        return uses_scores(cfg)
     return cfg.distill.prune.mode != "none" and cfg.distill.prune.ratio > 0
 
 

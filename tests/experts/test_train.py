@@ -184,3 +184,41 @@ def balanced_npz_scores(tmp_path_factory):
         "data.name=npz", f"data.options={{path: '{root / 'd.npz'}'}}", "data.preprocess=normalize", "device=cpu",
         "net.name=convnet-2", "net.options={width: 8}", "scores.models=1", "scores.epochs=1"])
     return run_scores(cfg, prepare(cfg, log=lambda *_: None), root / "scores", **QUIET)
+
+
+def test_static_prune_trains_every_epoch_on_the_kept_columns(tmp_path, tiny_prepared, scores_dir):
+    """Fig. 2's TM panel: experts.prune removes the hardest (or easiest) share of every class for ALL epochs
+    (no scheduler): epoch e sees columns [0, K - floor(r K)) for hard, [floor(r K), K) for easy."""
+    import padistill.training
+
+    ordering = torch.load(scores_dir / "ordering.pt", weights_only=True)
+    C, K = ordering.shape
+    for mode, (a, b) in {"hard": (0, K - math.floor(0.3 * K)), "easy": (math.floor(0.3 * K), K)}.items():
+        cfg = tiny_config("experts.schedule.enabled=false", f"experts.prune.mode={mode}", "experts.prune.ratio=0.3",
+                          "experts.epochs=2", "experts.num=1")
+        seen = []
+
+        def recording(*args, indices=None, _seen=seen, _real=padistill.training.train_epoch, **kwargs):
+            _seen.append(indices.detach().cpu().clone())
+            return _real(*args, indices=indices, **kwargs)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(padistill.training, "train_epoch", recording)
+            run_experts(cfg, tiny_prepared, tmp_path / mode, scores_dir=scores_dir, **QUIET)
+        want = ordering[:, a:b].reshape(-1).sort().values
+        assert len(seen) == 2 and all(torch.equal(s.sort().values, want) for s in seen), mode
+
+
+def test_static_prune_keys_the_stage_and_needs_scores(tmp_path, tiny_prepared):
+    from padistill.experts.train import experts_settings
+    from padistill.pipeline import needs_scores
+
+    plain = tiny_config("experts.schedule.enabled=false")
+    pruned = tiny_config("experts.schedule.enabled=false", "experts.prune.mode=hard", "experts.prune.ratio=0.3")
+    assert "prune" not in experts_settings(plain)["experts"]  # folders made before the option keep their key
+    assert experts_settings(pruned)["experts"]["prune"] == {"mode": "hard", "ratio": 0.3}
+    assert not needs_scores(plain) and needs_scores(pruned)
+    with pytest.raises(PadistillError, match="experts.prune.mode=hard.*--scores"):
+        run_experts(pruned, tiny_prepared, tmp_path / "x", **QUIET)
+    with pytest.raises(PadistillError, match="experts.prune"):
+        tiny_config("distill.method=dm", "experts.prune.mode=easy", "experts.prune.ratio=0.2")

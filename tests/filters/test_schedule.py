@@ -169,3 +169,46 @@ def test_namespace_schedules_work_too():
     sch = SimpleNamespace(enabled=True, init_ratio=0.5, add_end_epoch=2, rm_epoch_first=3, rm_epoch_second=4,
                           rm_easy_ratio_first=0.25, rm_easy_ratio_second=0.5)
     assert [kept_columns(e, 8, sch) for e in range(6)] == [(0, 4), (0, 6), (0, 8), (0, 8), (2, 8), (4, 8)]
+
+
+# ----- App. A.2's gradual removal (padistill's reading: the removed share ramps linearly from R1 to R2) -----
+
+GRADUAL = ScheduleConfig(removal="gradual")  # IR 0.75, AEE 20, R1 40, R2 60, r2 0.2
+
+
+def test_gradual_removal_counts_by_hand():
+    """K = 5000, R1 40, R2 60, r2 0.2: epoch e in (40, 60] drops floor(0.2 * (e - 40) / 20 * 5000) = 50 (e - 40);
+    from 60 on it drops 1000 like one-shot removal; everything before R1 is the one-shot scheduler's."""
+    K = 5000
+    for e in range(0, 41):
+        assert kept_columns(e, K, GRADUAL) == kept_columns(e, K, README)
+    for e in range(41, 61):
+        assert kept_columns(e, K, GRADUAL) == (50 * (e - 40), K), e
+    for e in (61, 80, 99):
+        assert kept_columns(e, K, GRADUAL) == (1000, K)
+
+
+@given(K=st.integers(1, 400), r1=st.integers(0, 4), span=st.integers(1, 30), r2=st.floats(0.0, 0.9))
+@settings(max_examples=60, deadline=None)
+def test_gradual_removal_is_monotone_and_ends_where_one_shot_ends(K, r1, span, r2):
+    sch = ScheduleConfig(init_ratio=1.0, add_end_epoch=1, rm_epoch_first=r1 + 1, rm_epoch_second=r1 + 1 + span,
+                         rm_easy_ratio_first=0.05, rm_easy_ratio_second=r2, removal="gradual")
+    one = ScheduleConfig(**{**sch.__dict__, "removal": "oneshot"})
+    starts = [kept_columns(e, K, sch)[0] for e in range(r1 + 1, r1 + span + 4)]
+    assert starts[0] == 0 and starts == sorted(starts)  # nothing removed at R1, the share only grows
+    R2 = r1 + 1 + span
+    assert kept_columns(R2, K, sch)[0] == math.floor(r2 * K) == kept_columns(R2 + 1, K, one)[0]
+
+
+def test_removal_mode_is_checked():
+    with pytest.raises(PadistillError, match="removal"):
+        kept_columns(50, 100, ScheduleConfig(removal="slowly"))
+
+
+def test_schedule_settings_keep_old_keys_and_name_gradual():
+    from padistill.filters.schedule import schedule_settings
+
+    assert schedule_settings(ScheduleConfig(enabled=False, removal="gradual")) == {"enabled": False}
+    plain = schedule_settings(README)
+    assert "removal" not in plain and plain["init_ratio"] == 0.75 and plain["rm_easy_ratio_second"] == 0.2
+    assert schedule_settings(GRADUAL) == {**plain, "removal": "gradual"}

@@ -38,7 +38,7 @@ from padistill.config import Config, dump_yaml, to_dict
 from padistill.errors import PadistillError
 from padistill.experts.gsam import GSAM
 from padistill.experts.storage import EXPERT_RE, LAYOUT_FILE, expert_path, save_expert
-from padistill.filters.schedule import kept_columns, scheduled_indices
+from padistill.filters.schedule import kept_columns, prune_ordering, schedule_settings, scheduled_indices
 from padistill.nets.layout import ParamLayout
 from padistill.utils.allocator import tune_cpu_allocator
 from padistill.utils.distributed import begin_shared_stage, my_share, rank_world, wait_until
@@ -55,8 +55,9 @@ def experts_settings(cfg: Config) -> dict:
     """What determines the trajectories (the stage key hashes this + inputs + seed); eval_every is bookkeeping."""
     e = to_dict(cfg.experts)
     e.pop("eval_every")
-    if not e["schedule"]["enabled"]:
-        e["schedule"] = {"enabled": False}
+    e["schedule"] = schedule_settings(cfg.experts.schedule)
+    if not static_prune(cfg):
+        e.pop("prune")  # keys of folders made before experts.prune existed stay the same
     if e["optimizer"] == "sgd":
         for k in ("rho", "alpha", "adaptive"):
             e.pop(k)
@@ -90,18 +91,37 @@ def schedule_sizes(cfg: Config, ordering: torch.Tensor | None, n_train: int) -> 
     return out
 
 
+def static_prune(cfg: Config) -> bool:
+    """Whether experts.prune removes anything (Fig. 2's TM panel: static FIEX for the experts)."""
+    return cfg.experts.prune.mode != "none" and cfg.experts.prune.ratio > 0
+
+
+def uses_scores(cfg: Config) -> bool:
+    """Whether the experts train from a scores folder's ordering (the scheduler, the static prune or both)."""
+    return cfg.experts.schedule.enabled or static_prune(cfg)
+
+
 def _load_ordering(cfg: Config, prepared, scores_dir, log) -> tuple[torch.Tensor | None, dict]:
-    sch = cfg.experts.schedule
-    if not sch.enabled:
+    """The easiest-first ordering the experts train from: None (all data) unless the scheduler or the static prune is
+    on; the static prune (if any) is applied here, so the scheduler (if on) runs over what it kept."""
+    sch, prune = cfg.experts.schedule, cfg.experts.prune
+    if not uses_scores(cfg):
         if scores_dir is not None:
             log("experts: experts.schedule.enabled is false; training on the full data (the scores folder is unused)")
         return None, {}
     if scores_dir is None:
-        raise PadistillError("experts: the data scheduler (experts.schedule.enabled=true) needs --scores DIR "
-                             "(output of `padistill scores`), or set experts.schedule.enabled=false for full data")
+        what = ("the data scheduler (experts.schedule.enabled=true)" if sch.enabled else
+                f"the static prune (experts.prune.mode={prune.mode})")
+        raise PadistillError(f"experts: {what} needs --scores DIR (output of `padistill scores`), or turn it off "
+                             "for full data")
     from padistill.scores.ordering import load_scores_ordering
 
     ordering = load_scores_ordering(scores_dir, prepared)
+    if static_prune(cfg):
+        full = ordering.shape[1]
+        ordering = prune_ordering(ordering, prune.mode, prune.ratio)
+        log(f"experts: static prune removes the {prune.mode}est {full - ordering.shape[1]} of {full} samples per "
+            f"class for every epoch")
     return ordering, {"scores": require_complete(scores_dir, "scores")["key"]}
 
 

@@ -9,6 +9,11 @@ only works for CIFAR-10):
   AEE < e <= R1  all K columns
   R1 < e <= R2   drop the first floor(r1*K) columns (the easiest r1 of every class, in one shot)
   e > R2         drop the first floor(r2*K) columns (r2 is the TOTAL removed share)
+With `removal: gradual` (the alternative of App. A.2 / Table 8a, "similar to the hard sample addition"; the paper
+gives no formula, this is padistill's reading) the removed share grows linearly instead of in two steps:
+  R1 < e <= R2   drop the first floor(q*K) columns, q = r2*(e-R1)/(R2-R1)  (q = r2 exactly at e = R2)
+  e > R2         drop the first floor(r2*K) columns, as one-shot removal ends
+so both modes remove the same total share by the same epoch; r1 is unused by the gradual mode.
 Classes stay balanced in every epoch. The float expression is evaluated exactly as the reference does
 so that the per-epoch counts match it (e.g. CIFAR-10: 3750, 3812, 3875, 3937, ..., 5000, 4500, 4000), except
 that e = AEE always gives the full set (the float expression can fall one ulp short of 1 for some IR/AEE).
@@ -38,11 +43,31 @@ def kept_columns(epoch: int, n_per_class: int, schedule) -> tuple[int, int]:
         return 0, K
     if epoch <= schedule.rm_epoch_first:
         return 0, K
-    ratio = schedule.rm_easy_ratio_first if epoch <= schedule.rm_epoch_second else schedule.rm_easy_ratio_second
+    removal = getattr(schedule, "removal", "oneshot")
+    r1, r2 = schedule.rm_easy_ratio_first, schedule.rm_easy_ratio_second
+    R1, R2 = schedule.rm_epoch_first, schedule.rm_epoch_second
+    if removal == "gradual":
+        ratio = r2 if epoch >= R2 else r2 * (epoch - R1) / (R2 - R1)
+    elif removal == "oneshot":
+        ratio = r1 if epoch <= R2 else r2
+    else:
+        raise PadistillError(f"scheduler: 'removal' must be oneshot or gradual; got {removal!r}")
     start = int(ratio * K)
     if start >= K:
         raise PadistillError(f"scheduler: removing {ratio:.0%} of {K} samples per class leaves none")
     return start, K
+
+
+def schedule_settings(schedule) -> dict:
+    """The scheduler fields that decide the data (what a stage key hashes): nothing but `enabled` when it is off,
+    and `removal` only when it is not the default one-shot (so folders made before that option keep their keys)."""
+    if schedule is None or not schedule.enabled:
+        return {"enabled": False}
+    out = {k: getattr(schedule, k) for k in ("enabled", "init_ratio", "add_end_epoch", "rm_epoch_first",
+                                              "rm_easy_ratio_first", "rm_epoch_second", "rm_easy_ratio_second")}
+    if getattr(schedule, "removal", "oneshot") != "oneshot":
+        out["removal"] = schedule.removal
+    return out
 
 
 def scheduled_indices(ordering: torch.Tensor, epoch: int, schedule) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from padistill.config import to_dict
+from padistill.filters.schedule import schedule_settings
 
 SQUEEZE_KEYS = ("squeeze_epochs", "squeeze_lr", "squeeze_momentum", "squeeze_weight_decay", "squeeze_batch",
                 "squeeze_warmup", "squeeze_augment")
@@ -16,7 +17,7 @@ def recover_ipc(cfg) -> int:
 
 
 def squeeze_settings(cfg) -> dict:
-    sch = to_dict(cfg.experts.schedule) if cfg.experts.schedule.enabled else {"enabled": False}
+    sch = schedule_settings(cfg.experts.schedule)
     return {"net": to_dict(cfg.net), "squeeze": {k: getattr(cfg.sre2l, k) for k in SQUEEZE_KEYS},
             "schedule": sch}
 

@@ -211,7 +211,7 @@ def _diff_configs(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def make_plan(spec: Spec, root: Path, pool: ReusePool, prepared: PreparedCache, overwrite: bool) -> Plan:
     from padistill.distill.loop import distill_settings
-    from padistill.experts.train import experts_settings
+    from padistill.experts.train import experts_settings, uses_scores
     from padistill.pipeline import needs_scores
     from padistill.scores.stage import scores_settings
 
@@ -245,7 +245,7 @@ def make_plan(spec: Spec, root: Path, pool: ReusePool, prepared: PreparedCache, 
             inputs = {"data": fp}
             if cfg.distill.method == "tm":
                 e_inputs = {"data": fp}
-                if cfg.experts.schedule.enabled:
+                if uses_scores(cfg):
                     e_inputs["scores"] = scores_t.key
                 key = stage_key("experts", experts_settings(cfg), e_inputs, cfg.seed)
                 experts_t = shared_task("experts", key, cfg, user, scores=scores_t.folder if scores_t else None)
@@ -322,6 +322,10 @@ def _work(t: Task) -> str:
     if t.kind == "experts":
         e = c.experts
         data = "scheduled" if e.schedule.enabled else "all data"
+        from padistill.experts.train import static_prune
+
+        if static_prune(c):
+            data += f", {e.prune.mode}est {e.prune.ratio:.0%} removed"
         return f"{e.num} experts x {e.epochs} epochs ({data}, {e.optimizer})"
     if t.kind == "distill":
         d = c.distill
